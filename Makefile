@@ -1,0 +1,39 @@
+# Set-up and entry points; see README.md.
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+APT_PACKAGES = docker-registry skopeo openssl
+
+.PHONY: deps system-deps test lint demo bench clean
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+deps: system-deps $(VENV)/.installed
+
+lint: deps
+	$(VENV)/bin/ruff check webhook tests bench
+	$(VENV)/bin/ruff format --check webhook tests bench
+	$(VENV)/bin/mypy
+
+test: deps lint
+	$(VENV)/bin/pytest -q
+
+demo: deps
+	$(PY) demo/run.py
+
+bench: deps
+	$(PY) -m bench.copy
+
+clean:
+	rm -rf $(VENV) .demo .bench

@@ -1,0 +1,144 @@
+"""`image-backup`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from . import config as config_module
+from .config import Config
+from .engine import open_engine
+from .naming import BackupNameError
+from .reference import InvalidReference, Reference, parse
+from .registry.client import Repository
+from .registry.credentials import CredentialsError
+from .registry.errors import RegistryError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _ProgressBar:
+    """Bytes and rate on a terminal; the engine reports each blob it streams."""
+
+    def __init__(self) -> None:
+        self._bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+
+    def expect(self, nbytes: int) -> None:
+        self._bar.total = (self._bar.total or 0) + nbytes
+        self._bar.refresh()
+
+    def advance(self, nbytes: int) -> None:
+        self._bar.update(nbytes)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _config(args)
+        return _run(args.command(args, config))
+    except (config_module.ConfigError, CredentialsError, InvalidReference, BackupNameError) as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except RegistryError as exc:
+        _fail(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _copy(args: argparse.Namespace, config: Config) -> int:
+    source = parse(args.source)
+    bar = _ProgressBar() if sys.stderr.isatty() else None
+    deadline = time.monotonic() + config.copy_settings.timeout_seconds
+    try:
+        async with open_engine(config, bar) as engine:
+            if args.to is None:
+                result = await engine.backup(source, deadline=deadline)
+            else:
+                target, tag = _target(args.to, source)
+                result = await engine.copy(source, target, tag=tag, deadline=deadline)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(result.backup)
+    return 0
+
+
+async def _resolve(args: argparse.Namespace, config: Config) -> int:
+    ref = parse(args.reference)
+    deadline = time.monotonic() + config.copy_settings.timeout_seconds
+    async with open_engine(config) as engine:
+        print(await engine.resolve(ref, deadline=deadline))
+    return 0
+
+
+def _target(text: str, source: Reference) -> tuple[Repository, str | None]:
+    """`--to REPO[:TAG]`: without a tag of its own the target keeps the source's tag."""
+    target = parse(text)
+    if target.digest is not None:
+        raise InvalidReference(text, "a copy target names a repository and tag, not a digest")
+    explicit_tag = ":" in text.rsplit("/", 1)[-1]
+    return Repository(
+        target.registry, target.repository
+    ), target.tag if explicit_tag else source.tag
+
+
+def _config(args: argparse.Namespace) -> Config:
+    if args.config:
+        return config_module.load(args.config)
+    # Without a file, `--to` supplies the only registry we must know about.
+    to = getattr(args, "to", None)
+    if args.command is _copy and to is None:
+        raise config_module.ConfigError("copy needs --config (for the backup registry) or --to")
+    host = parse(to).registry if to else "localhost"
+    return config_module.parse({"backupRegistry": {"host": host}}, "defaults")
+
+
+def _run(work: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(work)
+    return uvloop.run(work)
+
+
+def _fail(message: str) -> None:
+    first_line = message.splitlines()[0] if message else "failed"
+    extra = len(message.splitlines()) - 1
+    suffix = f" (and {extra} more)" if extra > 0 else ""
+    print(f"image-backup: error: {first_line}{suffix}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="image-backup",
+        description="Back up container images into a registry you control.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    copy = commands.add_parser(
+        "copy", help="copy an image (all platforms) into the backup registry"
+    )
+    copy.add_argument("source", metavar="SOURCE", help="image reference to back up")
+    copy.add_argument(
+        "--to", metavar="TARGET", help="target repository[:tag] (default: the naming scheme)"
+    )
+    copy.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
+    copy.set_defaults(command=_copy)
+
+    resolve = commands.add_parser("resolve", help="print the digest a reference points at")
+    resolve.add_argument("reference", metavar="REF")
+    resolve.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
+    resolve.set_defaults(command=_resolve)
+    return parser

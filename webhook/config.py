@@ -1,0 +1,176 @@
+"""The configuration file: one YAML document, validated with errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from .naming import Scheme
+from .reference import InvalidReference, Reference
+from .registry.transport import Endpoint
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; one line per problem, each naming its key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+def _registry_host(value: str) -> str:
+    try:
+        parsed = Reference(value, "x/y")
+    except InvalidReference as exc:
+        raise ValueError(f"not a registry host: {exc.problem}") from None
+    if parsed.registry != value:
+        raise ValueError(f"not a registry host (would be read as {parsed.registry!r})")
+    return value
+
+
+class BackupRegistry(_Section):
+    host: str
+    prefix: str = ""
+    path_style: Literal["nested", "flat"] = "nested"
+    insecure: bool = False
+    ca_file: FilePath | None = None
+
+    _check_host = field_validator("host")(_registry_host)
+
+    @field_validator("prefix")
+    @classmethod
+    def _strip_slashes(cls, value: str) -> str:
+        return value.strip("/")
+
+    @model_validator(mode="after")
+    def _check_scheme(self) -> BackupRegistry:
+        self.scheme()  # raises ValueError, reported against this section
+        return self
+
+    def scheme(self) -> Scheme:
+        return Scheme(self.host, self.prefix, self.path_style)
+
+
+class SourceRegistry(_Section):
+    host: str
+    endpoint: str | None = None
+    insecure: bool = False
+    ca_file: FilePath | None = None
+    token_file: Path | None = None  # may appear later: a projected token is mounted at start
+
+    _check_host = field_validator("host")(_registry_host)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, or host[:port]")
+        return value
+
+    @model_validator(mode="after")
+    def _plain_http_needs_insecure(self) -> SourceRegistry:
+        if self.endpoint and self.endpoint.startswith("http://") and not self.insecure:
+            raise ValueError("a plain http:// endpoint needs insecure: true")
+        return self
+
+
+class Credentials(_Section):
+    docker_config: FilePath | None = None
+
+
+class CopySettings(_Section):
+    concurrency: int = Field(8, ge=1, le=128)
+    timeout_seconds: float = Field(600.0, gt=0)
+    tag_cache_seconds: float = Field(60.0, ge=0)
+
+
+class Config(_Section):
+    backup_registry: BackupRegistry
+    registries: list[SourceRegistry] = []
+    credentials: Credentials = Credentials()
+    copy_settings: CopySettings = Field(CopySettings(), alias="copy")
+
+    @field_validator("registries")
+    @classmethod
+    def _unique_hosts(cls, value: list[SourceRegistry]) -> list[SourceRegistry]:
+        hosts = [r.host for r in value]
+        duplicates = sorted({h for h in hosts if hosts.count(h) > 1})
+        if duplicates:
+            raise ValueError(f"host listed more than once: {', '.join(duplicates)}")
+        return value
+
+    def endpoints(self) -> list[Endpoint]:
+        backup = self.backup_registry
+        endpoints = {
+            r.host: Endpoint(
+                r.host,
+                r.endpoint,
+                r.insecure,
+                str(r.ca_file) if r.ca_file else None,
+                str(r.token_file) if r.token_file else None,
+            )
+            for r in self.registries
+        }
+        # The backup registry's own section wins: its TLS settings are what we push with.
+        listed = endpoints.get(backup.host)
+        endpoints[backup.host] = Endpoint(
+            backup.host,
+            listed.url if listed else None,
+            backup.insecure,
+            str(backup.ca_file) if backup.ca_file else None,
+            listed.token_file if listed else None,
+        )
+        return list(endpoints.values())
+
+
+def load(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {_one_line(str(exc))}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"config {path}: expected a mapping at the top level")
+    return parse(document, str(path))
+
+
+def parse(document: dict[str, object], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(document)
+    except ValidationError as exc:
+        lines = [f"{source}: {_key(e['loc'])}: {_message(e)}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _key(location: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in location:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key or "(top level)"
+
+
+def _message(error: object) -> str:
+    assert isinstance(error, dict)
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,29 @@
+"""Assemble a copy engine from the configuration."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from .config import Config
+from .registry.client import RegistryClient
+from .registry.copy import CopyEngine, Progress
+from .registry.credentials import DockerConfig
+from .registry.transport import Transport
+
+
+@asynccontextmanager
+async def open_engine(
+    config: Config, progress: Progress | None = None
+) -> AsyncIterator[CopyEngine]:
+    docker_config_path = config.credentials.docker_config
+    docker_config = DockerConfig.load(docker_config_path) if docker_config_path else None
+    settings = config.copy_settings
+    async with Transport(config.endpoints(), docker_config) as transport:
+        yield CopyEngine(
+            RegistryClient(transport),
+            config.backup_registry.scheme(),
+            concurrency=settings.concurrency,
+            tag_ttl=settings.tag_cache_seconds,
+            progress=progress,
+        )

@@ -1,0 +1,335 @@
+"""The copy engine: an image, all its platforms and every blob, into another repository.
+
+Manifests are copied byte for byte so every digest survives; blobs stream from
+source to target in one request each, hashed on the way, and the last bytes
+are held back until the hash is proven, so a corrupt blob is never committed.
+A backup is tagged only after everything under it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn, Protocol
+
+from yarl import URL
+
+from ..naming import Scheme
+from ..reference import Reference
+from .cache import ExpiringCache
+from .client import RegistryClient, Repository
+from .errors import CorruptTransfer, RegistryError
+from .flight import SingleFlight
+from .known import KnownBlobs
+from .media import Descriptor, Manifest
+from .retry import retrying
+
+
+class Progress(Protocol):
+    def expect(self, nbytes: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+
+
+class BlobOutcome(enum.Enum):
+    PRESENT = "present"
+    MOUNTED = "mounted"
+    UPLOADED = "uploaded"
+
+
+@dataclass(slots=True)
+class CopyStats:
+    bytes_uploaded: int = 0
+    blobs_uploaded: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    manifests_copied: int = 0
+
+    def count(self, outcome: BlobOutcome, size: int) -> None:
+        if outcome is BlobOutcome.UPLOADED:
+            self.blobs_uploaded += 1
+            self.bytes_uploaded += size
+        elif outcome is BlobOutcome.MOUNTED:
+            self.blobs_mounted += 1
+        else:
+            self.blobs_present += 1
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    source: Reference
+    backup: Reference  # pinned: the target's tag (if any) and the digest
+    stats: CopyStats = field(default_factory=CopyStats)
+    already_backed_up: bool = False  # the target held this digest before this copy
+    from_cache: bool = False  # answered from memory, no registry asked
+
+    @property
+    def digest(self) -> str:
+        assert self.backup.digest is not None
+        return self.backup.digest
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    manifest: Manifest | None  # None: the target already had it
+    stats: CopyStats
+
+
+def anchor_tag(digest: str) -> str:
+    """A tag per digest, so registry clean-ups of untagged manifests spare pinned backups."""
+    algorithm, _, hex_digest = digest.partition(":")
+    return f"{algorithm}-{hex_digest}"
+
+
+class CopyEngine:
+    def __init__(
+        self,
+        client: RegistryClient,
+        scheme: Scheme | None = None,
+        *,
+        concurrency: int = 8,
+        tag_ttl: float = 60.0,
+        cache_entries: int = 10_000,
+        progress: Progress | None = None,
+    ) -> None:
+        self._client = client
+        self._scheme = scheme
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tag_ttl = tag_ttl
+        self._progress = progress
+        self._known = KnownBlobs()
+        self._trees: SingleFlight[tuple[str, Repository], _Tree] = SingleFlight()
+        self._blobs: SingleFlight[tuple[str, Repository], BlobOutcome] = SingleFlight()
+        self._results: ExpiringCache[tuple[str, str], CopyResult] = ExpiringCache(cache_entries)
+
+    @property
+    def scheme(self) -> Scheme:
+        if self._scheme is None:
+            raise RegistryError("no backup registry configured")
+        return self._scheme
+
+    def target_for(self, source: Reference) -> Repository:
+        """Where the naming scheme puts the backup of `source`."""
+        return Repository(self.scheme.host, self.scheme.repository_for(source))
+
+    def cached(self, source: Reference) -> CopyResult | None:
+        """A fresh cached backup of `source`, without any I/O: the admission hot path."""
+        hit = self._results.get(_cache_key(source, self.target_for(source), source.tag))
+        if hit is None or not hit[1]:
+            return None
+        return replace(hit[0], from_cache=True)
+
+    async def backup(self, source: Reference, *, deadline: float) -> CopyResult:
+        return await self.copy(source, self.target_for(source), tag=source.tag, deadline=deadline)
+
+    async def resolve(self, ref: Reference, *, deadline: float) -> str:
+        if ref.digest:
+            return ref.digest
+        assert ref.tag is not None
+        return await self._client.resolve(_repo(ref), ref.tag, deadline=deadline)
+
+    async def copy(
+        self, source: Reference, target: Repository, *, tag: str | None, deadline: float
+    ) -> CopyResult:
+        """Copy `source` into the `target` repository, tagged `tag` if given."""
+        key = _cache_key(source, target, tag)
+        hit = self._results.get(key)
+        if hit is not None and hit[1]:
+            return replace(hit[0], from_cache=True)
+        # A stale or missing entry: ask the registries again rather than trust memory.
+        digest = await self.resolve(source, deadline=deadline)
+        src = _repo(source)
+        tree = await self._trees.run(
+            (digest, target), lambda: self._copy_tree(src, digest, target, deadline)
+        )
+        if tag:
+            await self._ensure_tag(target, tag, digest, tree.manifest, deadline)
+        backup = Reference(target.host, target.path, tag, digest)
+        result = CopyResult(source, backup, tree.stats, already_backed_up=tree.manifest is None)
+        self._results.put(key, result, ttl=None if source.digest else self._tag_ttl)
+        return result
+
+    async def _copy_tree(
+        self, src: Repository, digest: str, dst: Repository, deadline: float
+    ) -> _Tree:
+        anchor = anchor_tag(digest)
+        # Asking with push scope also sets up the target's authorization once,
+        # before blobs fan out.
+        present = await self._client.head_manifest(dst, anchor, deadline=deadline, push=True)
+        if present is not None and present.digest == digest:
+            return _Tree(None, CopyStats())
+        stats = CopyStats()
+        manifest = await self._fetch_manifest(src, digest, deadline)
+        await self._copy_manifest(src, manifest, dst, anchor, stats, deadline)
+        return _Tree(manifest, stats)
+
+    async def _copy_manifest(
+        self,
+        src: Repository,
+        manifest: Manifest,
+        dst: Repository,
+        reference: str,
+        stats: CopyStats,
+        deadline: float,
+    ) -> None:
+        """Everything a manifest points at first, then the manifest itself."""
+        if manifest.is_index:
+            await _all(
+                self._copy_child(src, child, dst, stats, deadline) for child in manifest.children
+            )
+        else:
+            for blob in manifest.blobs:
+                self._known.add(src, blob.digest)
+            await _all(self._copy_blob(src, blob, dst, stats, deadline) for blob in manifest.blobs)
+        async with self._slots:
+            await self._client.put_manifest(dst, reference, manifest, deadline=deadline)
+        stats.manifests_copied += 1
+
+    async def _copy_child(
+        self, src: Repository, child: Descriptor, dst: Repository, stats: CopyStats, deadline: float
+    ) -> None:
+        manifest = await self._fetch_manifest(src, child.digest, deadline)
+        await self._copy_manifest(src, manifest, dst, child.digest, stats, deadline)
+
+    async def _fetch_manifest(self, src: Repository, digest: str, deadline: float) -> Manifest:
+        async with self._slots:
+            return await self._client.get_manifest(src, digest, deadline=deadline)
+
+    async def _ensure_tag(
+        self, dst: Repository, tag: str, digest: str, manifest: Manifest | None, deadline: float
+    ) -> None:
+        if manifest is None:
+            current = await self._client.head_manifest(dst, tag, deadline=deadline, push=True)
+            if current is not None and current.digest == digest:
+                return
+            manifest = await self._client.get_manifest(dst, digest, deadline=deadline)
+        await self._client.put_manifest(dst, tag, manifest, deadline=deadline)
+
+    async def _copy_blob(
+        self, src: Repository, blob: Descriptor, dst: Repository, stats: CopyStats, deadline: float
+    ) -> None:
+        async def transfer_with_retries() -> BlobOutcome:
+            return await retrying(
+                lambda: self._transfer(src, blob, dst, deadline), deadline=deadline
+            )
+
+        outcome = await self._blobs.run((blob.digest, dst), transfer_with_retries)
+        stats.count(outcome, blob.size)
+
+    async def _transfer(
+        self, src: Repository, blob: Descriptor, dst: Repository, deadline: float
+    ) -> BlobOutcome:
+        async with self._slots:
+            mount_from = self._known.mount_source(blob.digest, dst)
+            if mount_from is not None:
+                location = await self._client.start_upload(
+                    dst, deadline=deadline, mount=(blob.digest, mount_from.path)
+                )
+                if location is None:
+                    self._known.add(dst, blob.digest)
+                    return BlobOutcome.MOUNTED
+            elif await self._client.blob_exists(dst, blob.digest, deadline=deadline):
+                self._known.add(dst, blob.digest)
+                return BlobOutcome.PRESENT
+            else:
+                location = await self._client.start_upload(dst, deadline=deadline)
+            assert location is not None
+            try:
+                await self._stream(src, blob, dst, location, deadline)
+            except Exception:
+                with suppress(RegistryError):
+                    await self._client.cancel_upload(dst, location, deadline=time.monotonic() + 5)
+                raise
+            self._known.add(dst, blob.digest)
+            return BlobOutcome.UPLOADED
+
+    async def _stream(
+        self, src: Repository, blob: Descriptor, dst: Repository, location: URL, deadline: float
+    ) -> None:
+        async with self._client.open_blob(src, blob.digest, deadline=deadline) as chunks:
+            check = _VerifiedStream(chunks, blob, f"{src}@{blob.digest}", self._progress)
+            try:
+                await self._client.finish_upload(
+                    dst, location, blob, check.chunks(), deadline=deadline
+                )
+            except RegistryError:
+                if check.failure is not None:
+                    raise check.failure from None
+                raise
+            if check.failure is not None:
+                raise check.failure
+
+
+class _VerifiedStream:
+    """Pass bytes through while hashing them; the last chunk goes out only once they verify.
+
+    Holding back one chunk means a target never receives a complete body for
+    bytes that do not match their digest: the upload fails instead of committing.
+    """
+
+    def __init__(
+        self, source: AsyncIterator[bytes], blob: Descriptor, where: str, progress: Progress | None
+    ) -> None:
+        self._source = source
+        self._blob = blob
+        self._where = where
+        self._progress = progress
+        self.failure: RegistryError | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        blob, progress = self._blob, self._progress
+        if progress is not None:
+            progress.expect(blob.size)
+        hasher = hashlib.sha256()
+        seen = 0
+        held = b""
+        async for chunk in self._source:
+            seen += len(chunk)
+            if seen > blob.size:
+                self._fail(f"more bytes than the {blob.size} its descriptor declares")
+            hasher.update(chunk)
+            if held:
+                yield held
+                if progress is not None:
+                    progress.advance(len(held))
+            held = chunk
+        if seen != blob.size:
+            self._fail(f"{seen} bytes, expected {blob.size}")
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != blob.digest:
+            self._fail(f"content hashes to {actual}")
+        if held:
+            yield held
+            if progress is not None:
+                progress.advance(len(held))
+
+    def _fail(self, why: str) -> NoReturn:
+        self.failure = CorruptTransfer(f"{self._where}: source sent corrupt data ({why})")
+        raise self.failure
+
+
+def _repo(ref: Reference) -> Repository:
+    return Repository(ref.registry, ref.repository)
+
+
+def _cache_key(source: Reference, target: Repository, tag: str | None) -> tuple[str, str]:
+    return str(source), f"{target}:{tag or ''}"
+
+
+async def _all(work: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; on the first failure cancel the rest and raise that failure itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for item in work:
+                group.create_task(item)
+    except BaseExceptionGroup as grouped:
+        raise _first_leaf(grouped) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

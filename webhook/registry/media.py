@@ -1,0 +1,121 @@
+"""Manifest media types and the parts of a manifest the copy engine needs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from .errors import DigestMismatch, UnsupportedManifest
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
+
+# Schema 1 is deliberately not accepted: asking for it would let a registry
+# down-convert and hand us bytes with a digest nobody references.
+ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
+
+# Layers that registries are not allowed to serve (Windows base layers);
+# pulling clients fetch them from the URLs in the descriptor instead.
+NON_DISTRIBUTABLE_TYPES = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
+
+
+_SHA256_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A manifest's exact bytes plus what it points at."""
+
+    media_type: str
+    digest: str
+    raw: bytes
+    children: tuple[Descriptor, ...]  # manifests of an index
+    blobs: tuple[Descriptor, ...]  # config and layers of an image manifest
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def parse_manifest(raw: bytes, content_type: str | None, where: str) -> Manifest:
+    """Parse manifest bytes served for `where` (an image reference, used in errors)."""
+    declared = (content_type or "").split(";")[0].strip()
+    if declared in SCHEMA1_TYPES:
+        raise UnsupportedManifest(
+            f"{where}: legacy Docker schema 1 manifest; re-push the image with a current client"
+        )
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UnsupportedManifest(f"{where}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise UnsupportedManifest(f"{where}: manifest is not a JSON object")
+    if document.get("schemaVersion") == 1:
+        raise UnsupportedManifest(
+            f"{where}: legacy Docker schema 1 manifest; re-push the image with a current client"
+        )
+    media_type = document.get("mediaType") or declared or _guess_media_type(document)
+    try:
+        if media_type in INDEX_TYPES:
+            children = tuple(_descriptor(d) for d in document["manifests"])
+            return Manifest(media_type, digest_of(raw), raw, children, ())
+        if media_type in IMAGE_TYPES:
+            layers = [_descriptor(d) for d in document.get("layers", [])]
+            distributable = [d for d in layers if d.media_type not in NON_DISTRIBUTABLE_TYPES]
+            blobs = (_descriptor(document["config"]), *distributable)
+            return Manifest(media_type, digest_of(raw), raw, (), blobs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnsupportedManifest(f"{where}: malformed {media_type} manifest ({exc})") from None
+    raise UnsupportedManifest(f"{where}: unsupported manifest media type {media_type!r}")
+
+
+def verify_digest(manifest: Manifest, expected: str, where: str) -> None:
+    if manifest.digest != expected:
+        raise DigestMismatch(
+            f"{where}: registry served a manifest hashing to {manifest.digest}, not {expected}"
+        )
+
+
+def _guess_media_type(document: dict[str, object]) -> str:
+    # OCI allows omitting mediaType; the shape tells index from image.
+    return OCI_INDEX if "manifests" in document else OCI_MANIFEST
+
+
+def _descriptor(value: object) -> Descriptor:
+    if not isinstance(value, dict):
+        raise TypeError("descriptor is not an object")
+    digest, size = value["digest"], value["size"]
+    if not isinstance(digest, str) or not _SHA256_DIGEST.fullmatch(digest):
+        raise ValueError(f"unsupported descriptor digest {digest!r}")
+    if not isinstance(size, int) or size < 0:
+        raise ValueError(f"bad descriptor size {size!r}")
+    return Descriptor(str(value.get("mediaType", "")), digest, size)
