@@ -227,7 +227,8 @@ class RegistryClient:
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
-                async for chunk in response.content.iter_any():
+                # Chunks as received, not re-joined: no copies on the way through.
+                async for chunk, _ in response.content.iter_chunks():
                     yield chunk
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TransientError(f"{what}: connection lost while reading ({exc})") from None

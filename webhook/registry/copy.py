@@ -284,19 +284,27 @@ class _VerifiedStream:
         blob, progress = self._blob, self._progress
         if progress is not None:
             progress.expect(blob.size)
+        loop = asyncio.get_running_loop()
         hasher = hashlib.sha256()
+        hashing: asyncio.Future[None] | None = None
         seen = 0
         held = b""
         async for chunk in self._source:
             seen += len(chunk)
             if seen > blob.size:
                 self._fail(f"more bytes than the {blob.size} its descriptor declares")
-            hasher.update(chunk)
+            if hashing is not None:
+                await hashing
+            # Hash this chunk on a worker thread (hashlib drops the GIL) while
+            # the previous one is encrypted and sent on the event loop.
+            hashing = loop.run_in_executor(None, hasher.update, chunk)
             if held:
                 yield held
                 if progress is not None:
                     progress.advance(len(held))
             held = chunk
+        if hashing is not None:
+            await hashing
         if seen != blob.size:
             self._fail(f"{seen} bytes, expected {blob.size}")
         actual = "sha256:" + hasher.hexdigest()

@@ -63,7 +63,7 @@ class Transport:
             # Registry bytes are hashed as they are: never let the HTTP layer decode them.
             auto_decompress=False,
             skip_auto_headers=("Accept-Encoding",),
-            read_bufsize=1 << 20,
+            read_bufsize=1 << 18,
         )
 
     async def close(self) -> None:

@@ -1,0 +1,206 @@
+"""Shared fixtures: real registries, a token server, test images and a fault proxy.
+
+Everything lives under one session temp dir in /tmp, removed at the end of the session.
+Nothing here imports the product (``webhook``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.accounts import (
+    PUSHER,
+    PUSHER_PASSWORD,
+    READER,
+    READER_PASSWORD,
+    TOKEN_POLICY,
+)
+from tests.support.faultproxy import FaultProxy, FaultProxyFactory
+from tests.support.registries import AuthMode, Registry, RegistryFactory, start_registry
+from tests.support.tls import TLSFiles, generate_tls
+from tests.support.tokenserver import TokenServer
+
+_token_servers: list[TokenServer] = []
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Iterator[str]:
+    """The single temp dir of this test session (under /tmp); removed at the end."""
+    path = tempfile.mkdtemp(prefix="ibw-tests-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_ca(session_tmp: str) -> TLSFiles:
+    """Test CA + loopback server certificate: ``.ca_file``, ``.cert_file``, ``.key_file``."""
+    return generate_tls(os.path.join(session_tmp, "tls"))
+
+
+@pytest.fixture(scope="session")
+def plain_registry(session_tmp: str) -> Iterator[Registry]:
+    """Plain HTTP, no auth."""
+    reg = start_registry(os.path.join(session_tmp, "reg-plain"), tls=False, auth="none")
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture(scope="session")
+def basic_registry(session_tmp: str, tls_ca: TLSFiles) -> Iterator[Registry]:
+    """HTTPS (test CA) + htpasswd basic auth (``.username`` / ``.password``)."""
+    reg = start_registry(
+        os.path.join(session_tmp, "reg-basic"), tls=True, auth="basic", tls_dir=tls_ca.directory
+    )
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture(scope="session")
+def token_server(session_tmp: str, tls_ca: TLSFiles) -> Iterator[TokenServer]:
+    """HTTPS token server: ``pusher`` may pull/push/delete everywhere, ``reader`` may pull,
+    anonymous gets nothing. Its state (users, policy, expires_in, failures, log) is reset
+    around every test."""
+    ts = TokenServer.start(
+        os.path.join(session_tmp, "token-server"),
+        users={PUSHER: PUSHER_PASSWORD, READER: READER_PASSWORD},
+        policy=TOKEN_POLICY,
+        tls_dir=tls_ca.directory,
+    )
+    _token_servers.append(ts)
+    try:
+        yield ts
+    finally:
+        _token_servers.remove(ts)
+        ts.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_token_servers() -> Iterator[None]:
+    for ts in _token_servers:
+        ts.reset()
+    yield
+    for ts in _token_servers:
+        ts.reset()
+
+
+@pytest.fixture(scope="session")
+def token_registry(
+    session_tmp: str, tls_ca: TLSFiles, token_server: TokenServer
+) -> Iterator[Registry]:
+    """HTTPS + token auth via ``token_server``; credentials (docker_config) are ``pusher``'s."""
+    reg = start_registry(
+        os.path.join(session_tmp, "reg-token"),
+        tls=True,
+        auth="token",
+        token_server=token_server,
+        username=PUSHER,
+        password=PUSHER_PASSWORD,
+        tls_dir=tls_ca.directory,
+    )
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture
+def registry_factory(
+    request: pytest.FixtureRequest, session_tmp: str, tls_ca: TLSFiles
+) -> Iterator[RegistryFactory]:
+    """``registry_factory(tls=False, auth="none", token_server=None, **kw) -> Registry``.
+
+    Extra registries for one test, killed and deleted at its end. ``auth="token"`` without
+    a token server uses the session ``token_server``. ``**kw`` goes to ``start_registry``
+    (``username``, ``password``, ``service``...).
+    """
+    started: list[Registry] = []
+
+    def factory(
+        *,
+        tls: bool = False,
+        auth: AuthMode = "none",
+        token_server: TokenServer | None = None,
+        **kw: Any,
+    ) -> Registry:
+        if auth == "token" and token_server is None:
+            token_server = request.getfixturevalue("token_server")
+            kw.setdefault("username", PUSHER)
+            kw.setdefault("password", PUSHER_PASSWORD)
+        kw.setdefault("tls_dir", tls_ca.directory)
+        workdir = tempfile.mkdtemp(prefix="reg-", dir=session_tmp)
+        try:
+            reg = start_registry(workdir, tls=tls, auth=auth, token_server=token_server, **kw)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        started.append(reg)
+        return reg
+
+    try:
+        yield factory
+    finally:
+        for reg in started:
+            reg.close()
+            shutil.rmtree(reg.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def image_cache(session_tmp: str) -> str:
+    """Directory for generated test images (set IBW_TEST_IMAGE_CACHE to keep one across
+    sessions; otherwise it is inside the session temp dir)."""
+    path = os.environ.get("IBW_TEST_IMAGE_CACHE") or os.path.join(session_tmp, "images")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[FaultProxyFactory]:
+    """``fault_proxy(target, ca_file=None, *, credentials=True) -> FaultProxy``.
+
+    ``target`` is a :class:`Registry` (its front door, CA and - unless ``credentials`` is
+    False - its username/password for the proxy's ``docker_config``) or an upstream URL.
+    Proxies are stopped at the end of the test.
+    """
+    proxies: list[FaultProxy] = []
+
+    def factory(
+        target: Registry | str, ca_file: str | None = None, *, credentials: bool = True
+    ) -> FaultProxy:
+        if isinstance(target, Registry):
+            proxy = FaultProxy.start(
+                target.url,
+                ca_file or target.ca_file,
+                username=target.username if credentials else None,
+                password=target.password if credentials else None,
+            )
+        else:
+            proxy = FaultProxy.start(target, ca_file)
+        proxies.append(proxy)
+        return proxy
+
+    try:
+        yield factory
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+@pytest.fixture
+def unique_repo(request: pytest.FixtureRequest) -> str:
+    """A fresh repository name: ``t/<test-name-slug>-<random>``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    return f"t/{slug or 'test'}-{secrets.token_hex(4)}"

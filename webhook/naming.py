@@ -1,0 +1,111 @@
+"""Where the backup of an image lives in the backup registry.
+
+The mapping must be injective: if two source repositories shared a backup
+repository, one workload could be pinned to the other's image. Both path styles
+are therefore reversible encodings of the source host and path, never hashes or
+truncations.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from webhook.reference import MAX_NAME_LENGTH, InvalidReference, Reference
+
+PathStyle = Literal["nested", "flat"]
+
+_DASH_RUN_OR_SLASH = re.compile(r"-+|/")
+
+
+class BackupNameError(ValueError):
+    """No valid backup name exists for a source reference."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """Backups of `HOST/PATH` go to `host/prefix/...`, encoded per `path_style`.
+
+    "nested" keeps the source path readable as `prefix/HOST'/PATH`; "flat" packs
+    `HOST'/PATH` into one component for registries (Docker Hub) that only allow
+    `namespace/name`.
+    """
+
+    host: str
+    prefix: str
+    path_style: PathStyle = "nested"
+
+    def __post_init__(self) -> None:
+        if self.path_style not in get_args(PathStyle):
+            raise ValueError(f"invalid backup scheme: unknown path style {self.path_style!r}")
+        # The smallest repository this scheme can produce must survive parsing
+        # unchanged, otherwise backup references would not round-trip.
+        sample = self._under_prefix("x" if self.path_style == "flat" else "x/y")
+        try:
+            normalized = Reference(self.host, sample).name
+        except InvalidReference as error:
+            raise ValueError(f"invalid backup scheme: {error.problem}") from None
+        if normalized != f"{self.host}/{sample}":
+            raise ValueError(
+                f"invalid backup scheme: a backup named {self.host}/{sample}"
+                f" would be read as {normalized}"
+            )
+
+    def repository_for(self, source: Reference) -> str:
+        """The backup repository path (without host) for `source`."""
+        if self.is_backup(source):
+            raise BackupNameError(f"{_quote(source)} is already a backup")
+        path = f"{_encode_host(source.registry)}/{source.repository}"
+        if self.path_style == "flat":
+            path = _flatten(path)
+        repository = self._under_prefix(path)
+        name_length = len(self.host) + 1 + len(repository)
+        if name_length > MAX_NAME_LENGTH:
+            raise BackupNameError(
+                f"the backup name for {_quote(source)} would be {name_length} characters,"
+                f" over the {MAX_NAME_LENGTH}-character limit"
+            )
+        return repository
+
+    def reference_for(self, source: Reference, digest: str) -> Reference:
+        """The digest-pinned backup of `source`; the source tag is kept for readability."""
+        return Reference(self.host, self.repository_for(source), tag=source.tag, digest=digest)
+
+    def is_backup(self, reference: Reference) -> bool:
+        """Whether `reference` already lives in the backup area, so must not be backed up again."""
+        if _encode_host(reference.registry) != _encode_host(self.host):
+            return False
+        return not self.prefix or reference.repository.startswith(f"{self.prefix}/")
+
+    def _under_prefix(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+
+def _quote(reference: Reference) -> str:
+    return json.dumps(str(reference), ensure_ascii=False)
+
+
+def _encode_host(registry: str) -> str:
+    """The registry host as one path component, identical for hosts that are the same.
+
+    DNS names are case-insensitive, so they are lower-cased; IPv6 literals are
+    written out in full, which also gives them at least seven "_" where a DNS
+    host (at most one, before the port) has far fewer.
+    """
+    if registry.startswith("["):
+        address, _, port_suffix = registry[1:].partition("]")
+        host = ipaddress.IPv6Address(address).compressed.replace("::","_")
+        return f"{host}{port_suffix}".replace(":", "_")
+    return registry.lower().replace(":", "_")
+
+
+def _flatten(path: str) -> str:
+    """Encode `path` as a single component, reversibly.
+
+    Components only ever meet at "/" between alphanumerics, so "/" can become
+    "-" as long as every existing run of n dashes becomes n + 1 dashes.
+    """
+    return _DASH_RUN_OR_SLASH.sub(lambda match: "-" if match[0] == "/" else f"{match[0]}-", path)
