@@ -115,6 +115,7 @@ class TokenServer:
         os.makedirs(workdir, exist_ok=True)
         self.workdir = os.path.abspath(workdir)
         self.users: dict[str, str] = dict(users or {})
+        self.refresh_tokens: dict[str, str] = {}  # OAuth2 refresh token -> user
         self.policy: Policy = policy if policy is not None else {}
         self.expires_in = expires_in
         self.issuer = issuer
@@ -179,6 +180,7 @@ class TokenServer:
         """Restore the users, policy and expires_in given at start; drop failures and log."""
         users, policy, expires_in = self._defaults
         self.users = dict(users)
+        self.refresh_tokens = {}
         self.policy = policy
         self.expires_in = expires_in
         with self._lock:
@@ -269,14 +271,22 @@ class TokenServer:
             service = str(form.get("service", service or "")) or None
             for value in form.getall("scope", []):
                 scopes.extend(str(value).split())
-            if grant_type != "password":
+            if grant_type == "refresh_token":
+                # An identity token (docker login with OAuth): it stands for a user.
+                user = self.refresh_tokens.get(str(form.get("refresh_token", "")))
+                if user is None:
+                    self._record(TokenRequest("POST", None, service, tuple(scopes), (), 401))
+                    return web.json_response({"error": "invalid_grant"}, status=401)
+                password = self.users.get(user, "")
+            elif grant_type != "password":
                 self._record(TokenRequest("POST", None, service, tuple(scopes), (), 400))
                 return web.json_response(
                     {"error": "unsupported_grant_type", "error_description": grant_type},
                     status=400,
                 )
-            user = str(form.get("username", "")) or None
-            password = str(form.get("password", ""))
+            else:
+                user = str(form.get("username", "")) or None
+                password = str(form.get("password", ""))
         else:
             header = request.headers.get("Authorization", "")
             if header.lower().startswith("basic "):
