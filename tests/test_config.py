@@ -1,0 +1,110 @@
+"""The configuration file: every problem is reported against the key that has it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from webhook import config
+from webhook.registry.transport import Endpoint
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    docker = tmp_path / "config.json"
+    docker.write_text("{}")
+    loaded = config.load(
+        write(
+            tmp_path,
+            f"""
+backupRegistry:
+  host: backup.example.com:5000
+  prefix: /mirror/
+  pathStyle: flat
+  caFile: {ca}
+registries:
+  - host: docker.io
+    endpoint: https://mirror.internal:5000
+  - host: image-registry.openshift-image-registry.svc:5000
+    caFile: {ca}
+    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token
+credentials:
+  dockerConfig: {docker}
+copy:
+  concurrency: 4
+""",
+        )
+    )
+    assert loaded.backup_registry.prefix == "mirror"
+    assert loaded.backup_registry.scheme().path_style == "flat"
+    assert loaded.copy_settings.concurrency == 4
+    assert set(loaded.endpoints()) == {
+        Endpoint("docker.io", "https://mirror.internal:5000"),
+        Endpoint(
+            "image-registry.openshift-image-registry.svc:5000",
+            None,
+            False,
+            str(ca),
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        ),
+        Endpoint("backup.example.com:5000", None, False, str(ca)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("registries: []", "test.yaml: backupRegistry: Field required"),
+        (
+            "backupRegistry: {host: b.io, pathStyle: deep}",
+            "backupRegistry.pathStyle: Input should be 'nested' or 'flat'",
+        ),
+        (
+            "backupRegistry: {host: b.io, prefx: m}",
+            "backupRegistry.prefx: Extra inputs are not permitted",
+        ),
+        ("backupRegistry: {host: 'B_AD'}", "backupRegistry.host: not a registry host"),
+        ("backupRegistry: {host: b.io, prefix: UPPER}", "backupRegistry: invalid backup scheme"),
+        (
+            "backupRegistry: {host: b.io, caFile: /nonexistent/ca.crt}",
+            "backupRegistry.caFile: Path does not point to a file",
+        ),
+        (
+            "backupRegistry: {host: b.io}\nregistries: [{host: a.io, endpoint: 'http://m:5000'}]",
+            "registries[0]: a plain http:// endpoint needs insecure: true",
+        ),
+        (
+            "backupRegistry: {host: b.io}\nregistries: [{host: a.io}, {host: a.io}]",
+            "registries: host listed more than once: a.io",
+        ),
+        (
+            "backupRegistry: {host: b.io}\ncopy: {concurrency: 0}",
+            "copy.concurrency: Input should be greater than or equal to 1",
+        ),
+        (
+            "backupRegistry: {host: b.io}\ncredentials: {dockerConfig: /nonexistent.json}",
+            "credentials.dockerConfig: Path does not point to a file",
+        ),
+        ("- just\n- a list", "expected a mapping at the top level"),
+        ("backupRegistry: [unclosed", "is not valid YAML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "test.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path)
+    assert expected in str(caught.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="cannot read config"):
+        config.load(tmp_path / "nope.yaml")
