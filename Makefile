@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 deps: system-deps $(VENV)/.installed
 
 lint: deps
-	$(VENV)/bin/ruff check webhook tests bench
-	$(VENV)/bin/ruff format --check webhook tests bench
+	$(VENV)/bin/ruff check webhook tests bench demo
+	$(VENV)/bin/ruff format --check webhook tests bench demo
 	$(VENV)/bin/mypy
 
 test: deps lint

@@ -201,6 +201,7 @@ async def test_token_file_is_sent_as_bearer_and_reread_when_it_rotates(
     other = push_image(token_registry, image_cache, f"{unique_repo}-other", seed=208)
     token_file = tmp_path / "token"
     service = token_registry.service
+    assert service is not None
     token_file.write_text(token_server.issue(READER, service, [f"repository:{unique_repo}:pull"]))
     config = make_config(
         basic_registry,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import deadline, engine_for, make_config, plain, write_docker_config
+from tests.helpers import deadline, engine_for, make_config, plain
 from tests.support import images, skopeo
-from tests.support.faultproxy import FaultProxyFactory, drop_header
+from tests.support.faultproxy import FaultProxyFactory, ProxyLogEntry, drop_header
 from tests.support.registries import Registry
 from webhook.reference import Reference, parse
 from webhook.registry.client import Repository
@@ -349,3 +350,46 @@ async def test_resolve_falls_back_to_get_when_head_gives_no_digest(
 
     assert digest == image.digest
     assert len(source_proxy.requests("GET", "/manifests/v1$")) == 1
+
+
+async def test_each_blob_costs_at_most_one_check_and_one_streamed_upload(
+    plain_registry: Registry,
+    basic_registry: Registry,
+    image_cache: str,
+    unique_repo: str,
+    fault_proxy: FaultProxyFactory,
+) -> None:
+    first = images.make_image(image_cache, [300_000, 7_000], seed=71, fmt="oci")
+    second = images.make_image(image_cache, [300_000, 9_000], seed=71, fmt="oci")
+    shared = first.layers[0].digest
+    assert second.layers[0].digest == shared
+    images.push(plain_registry.backdoor_url, unique_repo, "one", first)
+    images.push(plain_registry.backdoor_url, unique_repo, "two", second)
+    target = fault_proxy(basic_registry)
+    config = make_config(
+        target, sources=[plain(plain_registry)], docker_config=target.docker_config
+    )
+
+    async with engine_for(config) as engine:
+        await engine.backup(source_ref(plain_registry, unique_repo, "one"), deadline=deadline())
+        fresh_repository_log = list(target.log)
+        target.clear_log()
+        result = await engine.backup(
+            source_ref(plain_registry, unique_repo, "two"), deadline=deadline()
+        )
+
+    def count(log: list[ProxyLogEntry], method: str, pattern: str) -> int:
+        return sum(1 for e in log if e.method == method and re.search(pattern, e.path))
+
+    # A new repository: no existence checks, one upload session and one PUT per blob.
+    assert count(fresh_repository_log, "HEAD", "/blobs/") == 0
+    assert count(fresh_repository_log, "POST", "/blobs/uploads/$") == len(first.blobs)
+    assert count(fresh_repository_log, "PUT", "/blobs/uploads/") == len(first.blobs)
+    assert count(fresh_repository_log, "PATCH", "") == 0
+    # An existing repository: one check per blob; only the blobs it lacks are sent.
+    later = target.log
+    for blob in second.blobs:
+        assert count(later, "HEAD", f"/blobs/{blob}$") == 1
+    assert count(later, "PUT", "/blobs/uploads/") == len(second.blobs) - 1
+    assert result.stats.blobs_present == 1
+    assert_backed_up(basic_registry, result.backup, second.digest)

@@ -128,6 +128,21 @@ class RegistryClient:
         response.release()
         return response.status == 200
 
+    async def has_tags(self, repo: Repository, *, deadline: float) -> bool:
+        """Whether the repository exists with tags; a new one needs no per-blob existence checks."""
+        response = await self._transport.request(
+            repo.host,
+            "GET",
+            f"/v2/{repo.path}/tags/list?n=1",
+            repository=repo.path,
+            scopes=[repo.scope(PUSH)],
+            deadline=deadline,
+            what=f"{repo}: tags",
+            ok=(200, 404),
+        )
+        response.release()
+        return response.status == 200
+
     async def start_upload(
         self, repo: Repository, *, deadline: float, mount: tuple[str, str] | None = None
     ) -> URL | None:

@@ -162,38 +162,29 @@ class CopyEngine:
         present = await self._client.head_manifest(dst, anchor, deadline=deadline, push=True)
         if present is not None and present.digest == digest:
             return _Tree(None, CopyStats())
-        stats = CopyStats()
+        # A repository that never had a tag holds at most left-overs of an interrupted
+        # copy: sending those again costs less than asking about every blob.
+        has_tags = await self._client.has_tags(dst, deadline=deadline)
+        job = _Job(src, dst, deadline, check_existing=has_tags)
         manifest = await self._fetch_manifest(src, digest, deadline)
-        await self._copy_manifest(src, manifest, dst, anchor, stats, deadline)
-        return _Tree(manifest, stats)
+        await self._copy_manifest(job, manifest, anchor)
+        return _Tree(manifest, job.stats)
 
-    async def _copy_manifest(
-        self,
-        src: Repository,
-        manifest: Manifest,
-        dst: Repository,
-        reference: str,
-        stats: CopyStats,
-        deadline: float,
-    ) -> None:
+    async def _copy_manifest(self, job: _Job, manifest: Manifest, reference: str) -> None:
         """Everything a manifest points at first, then the manifest itself."""
         if manifest.is_index:
-            await _all(
-                self._copy_child(src, child, dst, stats, deadline) for child in manifest.children
-            )
+            await _all(self._copy_child(job, child) for child in manifest.children)
         else:
             for blob in manifest.blobs:
-                self._known.add(src, blob.digest)
-            await _all(self._copy_blob(src, blob, dst, stats, deadline) for blob in manifest.blobs)
+                self._known.add(job.src, blob.digest)
+            await _all(self._copy_blob(job, blob) for blob in manifest.blobs)
         async with self._slots:
-            await self._client.put_manifest(dst, reference, manifest, deadline=deadline)
-        stats.manifests_copied += 1
+            await self._client.put_manifest(job.dst, reference, manifest, deadline=job.deadline)
+        job.stats.manifests_copied += 1
 
-    async def _copy_child(
-        self, src: Repository, child: Descriptor, dst: Repository, stats: CopyStats, deadline: float
-    ) -> None:
-        manifest = await self._fetch_manifest(src, child.digest, deadline)
-        await self._copy_manifest(src, manifest, dst, child.digest, stats, deadline)
+    async def _copy_child(self, job: _Job, child: Descriptor) -> None:
+        manifest = await self._fetch_manifest(job.src, child.digest, job.deadline)
+        await self._copy_manifest(job, manifest, child.digest)
 
     async def _fetch_manifest(self, src: Repository, digest: str, deadline: float) -> Manifest:
         async with self._slots:
@@ -209,52 +200,48 @@ class CopyEngine:
             manifest = await self._client.get_manifest(dst, digest, deadline=deadline)
         await self._client.put_manifest(dst, tag, manifest, deadline=deadline)
 
-    async def _copy_blob(
-        self, src: Repository, blob: Descriptor, dst: Repository, stats: CopyStats, deadline: float
-    ) -> None:
+    async def _copy_blob(self, job: _Job, blob: Descriptor) -> None:
         async def transfer_with_retries() -> BlobOutcome:
-            return await retrying(
-                lambda: self._transfer(src, blob, dst, deadline), deadline=deadline
-            )
+            return await retrying(lambda: self._transfer(job, blob), deadline=job.deadline)
 
-        outcome = await self._blobs.run((blob.digest, dst), transfer_with_retries)
-        stats.count(outcome, blob.size)
+        outcome = await self._blobs.run((blob.digest, job.dst), transfer_with_retries)
+        job.stats.count(outcome, blob.size)
 
-    async def _transfer(
-        self, src: Repository, blob: Descriptor, dst: Repository, deadline: float
-    ) -> BlobOutcome:
+    async def _transfer(self, job: _Job, blob: Descriptor) -> BlobOutcome:
+        client, dst, deadline = self._client, job.dst, job.deadline
         async with self._slots:
             mount_from = self._known.mount_source(blob.digest, dst)
+            location: URL | None
             if mount_from is not None:
-                location = await self._client.start_upload(
-                    dst, deadline=deadline, mount=(blob.digest, mount_from.path)
-                )
+                mount = (blob.digest, mount_from.path)
+                location = await client.start_upload(dst, deadline=deadline, mount=mount)
                 if location is None:
                     self._known.add(dst, blob.digest)
                     return BlobOutcome.MOUNTED
-            elif await self._client.blob_exists(dst, blob.digest, deadline=deadline):
+            elif job.check_existing and await client.blob_exists(
+                dst, blob.digest, deadline=deadline
+            ):
                 self._known.add(dst, blob.digest)
                 return BlobOutcome.PRESENT
             else:
-                location = await self._client.start_upload(dst, deadline=deadline)
+                location = await client.start_upload(dst, deadline=deadline)
             assert location is not None
             try:
-                await self._stream(src, blob, dst, location, deadline)
+                await self._stream(job, blob, location)
             except Exception:
                 with suppress(RegistryError):
-                    await self._client.cancel_upload(dst, location, deadline=time.monotonic() + 5)
+                    await client.cancel_upload(dst, location, deadline=time.monotonic() + 5)
                 raise
             self._known.add(dst, blob.digest)
             return BlobOutcome.UPLOADED
 
-    async def _stream(
-        self, src: Repository, blob: Descriptor, dst: Repository, location: URL, deadline: float
-    ) -> None:
-        async with self._client.open_blob(src, blob.digest, deadline=deadline) as chunks:
-            check = _VerifiedStream(chunks, blob, f"{src}@{blob.digest}", self._progress)
+    async def _stream(self, job: _Job, blob: Descriptor, location: URL) -> None:
+        client, deadline = self._client, job.deadline
+        async with client.open_blob(job.src, blob.digest, deadline=deadline) as chunks:
+            check = _VerifiedStream(chunks, blob, f"{job.src}@{blob.digest}", self._progress)
             try:
-                await self._client.finish_upload(
-                    dst, location, blob, check.chunks(), deadline=deadline
+                await client.finish_upload(
+                    job.dst, location, blob, check.chunks(), deadline=deadline
                 )
             except RegistryError:
                 if check.failure is not None:
@@ -262,6 +249,17 @@ class CopyEngine:
                 raise
             if check.failure is not None:
                 raise check.failure
+
+
+@dataclass(slots=True)
+class _Job:
+    """One image tree being copied: where from, where to, by when, and what it did."""
+
+    src: Repository
+    dst: Repository
+    deadline: float
+    check_existing: bool  # ask the target about each blob before uploading it
+    stats: CopyStats = field(default_factory=CopyStats)
 
 
 class _VerifiedStream:
