@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -251,3 +252,32 @@ async def test_docker_config_username_password_fields(
             parse(f"{plain_registry.host}/{unique_repo}:v1"), deadline=deadline()
         )
     assert result.digest == image.digest
+
+
+async def test_tokens_are_reused_until_they_expire(
+    plain_registry: Registry,
+    token_registry: Registry,
+    token_server: TokenServer,
+    image_cache: str,
+    unique_repo: str,
+) -> None:
+    first = push_image(plain_registry, image_cache, unique_repo, seed=210)
+    second = images.make_image(image_cache, [7_000], seed=211, fmt="oci")
+    images.push(plain_registry.backdoor_url, unique_repo, "v2", second)
+    token_server.expires_in = 2
+    config = make_config(
+        token_registry,
+        sources=[plain(plain_registry)],
+        docker_config=token_registry.docker_config,
+        tagCacheSeconds=0,
+    )
+    async with engine_for(config) as engine:
+        await engine.backup(parse(f"{plain_registry.host}/{unique_repo}:v1"), deadline=deadline())
+        await engine.backup(parse(f"{plain_registry.host}/{unique_repo}:v2"), deadline=deadline())
+        fetched_while_valid = len(token_server.requests_for(token_registry.service))
+        await asyncio.sleep(2.1)
+        images.push(plain_registry.backdoor_url, unique_repo, "v1", second)  # tag moved
+        await engine.backup(parse(f"{plain_registry.host}/{unique_repo}:v1"), deadline=deadline())
+    assert first.digest != second.digest
+    assert fetched_while_valid == 1
+    assert len(token_server.requests_for(token_registry.service)) == 2

@@ -44,7 +44,10 @@ class RegistryClient:
     async def head_manifest(
         self, repo: Repository, reference: str, *, deadline: float, push: bool = False
     ) -> Descriptor | None:
-        """The manifest's descriptor, None if absent; digest "" if the registry did not say."""
+        """The manifest's descriptor, None if absent; digest "" if the registry did not say.
+
+        `push` asks with the scope the copy needs on a target anyway, so one token serves all.
+        """
         response = await self._transport.request(
             repo.host,
             "HEAD",
@@ -65,14 +68,16 @@ class RegistryClient:
             response.content_length or 0,
         )
 
-    async def get_manifest(self, repo: Repository, reference: str, *, deadline: float) -> Manifest:
+    async def get_manifest(
+        self, repo: Repository, reference: str, *, deadline: float, push: bool = False
+    ) -> Manifest:
         where = _at(repo, reference)
         response = await self._transport.request(
             repo.host,
             "GET",
             f"/v2/{repo.path}/manifests/{reference}",
             repository=repo.path,
-            scopes=[repo.scope(PULL)],
+            scopes=[repo.scope(PUSH if push else PULL)],
             deadline=deadline,
             what=where,
             headers={"Accept": ACCEPT},

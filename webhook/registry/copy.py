@@ -197,7 +197,7 @@ class CopyEngine:
             current = await self._client.head_manifest(dst, tag, deadline=deadline, push=True)
             if current is not None and current.digest == digest:
                 return
-            manifest = await self._client.get_manifest(dst, digest, deadline=deadline)
+            manifest = await self._client.get_manifest(dst, digest, deadline=deadline, push=True)
         await self._client.put_manifest(dst, tag, manifest, deadline=deadline)
 
     async def _copy_blob(self, job: _Job, blob: Descriptor) -> None:
