@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tests.test_reference import digests, registries, repository_paths, tags
+from tests.support.strategies import digests, registries, repository_paths, tags
 from webhook.naming import BackupNameError, PathStyle, Scheme
 from webhook.reference import InvalidReference, Reference, parse
 
@@ -57,13 +57,20 @@ colliding_sources = st.builds(
 
 
 def lookalikes(source: Reference) -> list[Reference]:
-    """`source` and every valid reference that differs from its "HOST/PATH" in
-    exactly one separator, or in host case: the pairs an encoding could merge."""
-    tokens = _SEPARATOR_TOKEN.split(source.name)
-    texts = {source.name, f"{source.registry.upper()}/{source.repository}"}
-    for index in range(1, len(tokens), 2):
-        for separator in SEPARATORS:
-            texts.add("".join([*tokens[:index], separator, *tokens[index + 1 :]]))
+    """`source` and the valid references one separator edit away from its
+    "HOST/PATH", its upper-cased host, or its host without IPv6 brackets: the
+    pairs an encoding could merge."""
+    starts = {
+        source.name,
+        f"{source.registry.upper()}/{source.repository}",
+        source.name.replace("[", "").replace("]", ""),
+    }
+    texts = set(starts)
+    for start in starts:
+        tokens = _SEPARATOR_TOKEN.split(start)
+        for index in range(1, len(tokens), 2):
+            for separator in SEPARATORS:
+                texts.add("".join([*tokens[:index], separator, *tokens[index + 1 :]]))
     references = []
     for text in sorted(texts):
         try:
@@ -203,6 +210,8 @@ def test_backup_names(scheme: Scheme, source: str, backup: str) -> None:
         ("a.b:5000/c", "a.b/5000/c"),
         ("localhost:5000/a", "localhost/5000/a"),
         ("[fe80::1]:5000/c", "[fe80::1:5000]/c"),
+        ("[fe80::1]/c", "fe80:1/c"),
+        ("quay.io:5000/c", "quay.io.5000/c"),
     ],
 )
 @pytest.mark.parametrize("path_style", ["nested", "flat"])
@@ -216,7 +225,9 @@ def test_lookalike_sources_get_distinct_backups(
 @settings(max_examples=300)
 @given(
     scheme=schemes,
-    sources=colliding_sources.map(lookalikes)
+    sources=st.builds(Reference, st.sampled_from(COLLIDING_HOSTS), colliding_paths()).map(
+        lookalikes
+    )
     | st.lists(colliding_sources, min_size=2, max_size=20),
 )
 def test_distinct_sources_never_share_a_backup(scheme: Scheme, sources: list[Reference]) -> None:

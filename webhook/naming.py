@@ -97,7 +97,7 @@ def _encode_host(registry: str) -> str:
     """
     if registry.startswith("["):
         address, _, port_suffix = registry[1:].partition("]")
-        host = ipaddress.IPv6Address(address).compressed.replace("::","_")
+        host = ipaddress.IPv6Address(address).exploded
         return f"{host}{port_suffix}".replace(":", "_")
     return registry.lower().replace(":", "_")
 

@@ -100,7 +100,7 @@ class Reference:
 
 
 def parse(text: str) -> Reference:
-    """Parse a reference as Kubernetes/containerd would and return its canonical form."""
+    """Parse `text` by the distribution/reference grammar into its canonical form."""
     if not text:
         raise InvalidReference(text, "reference is empty")
     if any(character.isspace() for character in text):
@@ -123,8 +123,10 @@ def parse(text: str) -> Reference:
 
 
 def _split_registry(name: str) -> tuple[str, str]:
-    """Split off the registry the way distribution does: the first component only
-    counts as a host when it has a "." or ":" (which covers "[ipv6]") or is "localhost"."""
+    """Split off the registry: the first component is a host only when it has a "."
+    or ":" (which covers "[ipv6]") or is "localhost". Newer distribution releases
+    also take an upper-case first component for a host; here it stays part of the
+    path and is refused as upper case, the stricter reading."""
     first, slash, rest = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
         return first, rest

@@ -23,7 +23,7 @@ from ..naming import Scheme
 from ..reference import Reference
 from .cache import ExpiringCache
 from .client import RegistryClient, Repository
-from .errors import CorruptTransfer, RegistryError
+from .errors import CorruptTransfer, RegistryError, UnsupportedManifest
 from .flight import SingleFlight
 from .known import KnownBlobs
 from .media import Descriptor, Manifest
@@ -142,6 +142,9 @@ class CopyEngine:
             return replace(hit[0], from_cache=True)
         # A stale or missing entry: ask the registries again rather than trust memory.
         digest = await self.resolve(source, deadline=deadline)
+        if not digest.startswith("sha256:"):
+            # Registries address content by sha256; anchor tags could not hold longer digests.
+            raise UnsupportedManifest(f"{source}: only sha256 digests can be backed up")
         src = _repo(source)
         tree = await self._trees.run(
             (digest, target), lambda: self._copy_tree(src, digest, target, deadline)
