@@ -23,6 +23,11 @@ class Endpointish(Protocol):
     def ca_file(self) -> str | None: ...
 
 
+class WithLogins(Endpointish, Protocol):
+    @property
+    def docker_config(self) -> str: ...
+
+
 def write_docker_config(path: Path, logins: Mapping[str, tuple[str, str]]) -> str:
     auths = {
         host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
@@ -62,6 +67,11 @@ def make_config(
     if copy_settings:
         document["copy"] = copy_settings
     return config_module.parse(document, "test")
+
+
+def plain_to(source: Endpointish, backup: WithLogins) -> Config:
+    """The common case: a plain-HTTP source, a backup registry with its own credentials."""
+    return make_config(backup, sources=[plain(source)], docker_config=backup.docker_config)
 
 
 @asynccontextmanager

@@ -6,7 +6,15 @@ import asyncio
 import json
 from pathlib import Path
 
-from tests.helpers import deadline, engine_for, make_config, plain, tls, write_docker_config
+from tests.helpers import (
+    deadline,
+    engine_for,
+    make_config,
+    plain,
+    plain_to,
+    tls,
+    write_docker_config,
+)
 from tests.support import images, skopeo
 from tests.support.accounts import PUSHER, READER, READER_PASSWORD, TOKEN_POLICY
 from tests.support.faultproxy import FaultProxyFactory, status
@@ -32,9 +40,7 @@ async def test_push_with_bearer_tokens_fetches_one_token_per_scope(
     unique_repo: str,
 ) -> None:
     image = push_image(plain_registry, image_cache, unique_repo, seed=201, layers=5)
-    config = make_config(
-        token_registry, sources=[plain(plain_registry)], docker_config=token_registry.docker_config
-    )
+    config = plain_to(plain_registry, token_registry)
     async with engine_for(config) as engine:
         result = await engine.backup(
             parse(f"{plain_registry.host}/{unique_repo}:v1"), deadline=deadline()
@@ -116,9 +122,7 @@ async def test_a_refused_token_is_refreshed_once(
     rule = target.add(
         status(401, {"WWW-Authenticate": challenge}, method="PUT", path="/manifests/", times=1)
     )
-    config = make_config(
-        target, sources=[plain(plain_registry)], docker_config=target.docker_config
-    )
+    config = plain_to(plain_registry, target)
     async with engine_for(config) as engine:
         result = await engine.backup(
             parse(f"{plain_registry.host}/{unique_repo}:v1"), deadline=deadline()
@@ -140,9 +144,7 @@ async def test_mount_needs_pull_on_the_other_repository_and_falls_back_without_i
     unique_repo: str,
 ) -> None:
     image = push_image(plain_registry, image_cache, unique_repo, seed=205, layers=2)
-    config = make_config(
-        token_registry, sources=[plain(plain_registry)], docker_config=token_registry.docker_config
-    )
+    config = plain_to(plain_registry, token_registry)
     source = parse(f"{plain_registry.host}/{unique_repo}:v1")
     first, second, third = (Repository(token_registry.host, f"{unique_repo}-{n}") for n in "abc")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import deadline, engine_for, make_config, plain
+from tests.helpers import deadline, engine_for, make_config, plain, plain_to
 from tests.support import images, skopeo
 from tests.support.faultproxy import FaultProxyFactory, ProxyLogEntry, drop_header
 from tests.support.registries import Registry
@@ -48,9 +48,7 @@ async def test_image_is_copied_digest_exact_under_the_naming_scheme(
 ) -> None:
     image = images.make_image(image_cache, [1000, 300_000, 50], seed=11, fmt=fmt)
     images.push(plain_registry.backdoor_url, unique_repo, "1.0", image)
-    config = make_config(
-        basic_registry, sources=[plain(plain_registry)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(plain_registry, basic_registry)
     source = source_ref(plain_registry, unique_repo, "1.0")
 
     async with engine_for(config) as engine:
@@ -77,9 +75,7 @@ async def test_every_platform_of_an_index_is_copied(
     arm64 = images.make_image(image_cache, [40_000], seed=22, fmt=fmt, platform=("linux", "arm64"))
     index = images.make_index(image_cache, [amd64, arm64], fmt)
     images.push(plain_registry.backdoor_url, unique_repo, "multi", index)
-    config = make_config(
-        basic_registry, sources=[plain(plain_registry)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(plain_registry, basic_registry)
 
     async with engine_for(config) as engine:
         result = await engine.backup(
@@ -100,9 +96,7 @@ async def test_digest_only_source_gets_only_the_anchor_tag(
 ) -> None:
     image = images.make_image(image_cache, [5_000], seed=31, fmt="oci")
     images.push(plain_registry.backdoor_url, unique_repo, None, image)
-    config = make_config(
-        basic_registry, sources=[plain(plain_registry)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(plain_registry, basic_registry)
     source = parse(f"{plain_registry.host}/{unique_repo}@{image.digest}")
 
     async with engine_for(config) as engine:
@@ -150,7 +144,7 @@ async def test_blobs_already_in_another_backup_repository_are_mounted_not_upload
     image = images.make_image(image_cache, [100_000, 200_000], seed=41, fmt="oci")
     images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
     proxy = fault_proxy(basic_registry)
-    config = make_config(proxy, sources=[plain(plain_registry)], docker_config=proxy.docker_config)
+    config = plain_to(plain_registry, proxy)
     source = source_ref(plain_registry, unique_repo, "v1")
 
     async with engine_for(config) as engine:
@@ -184,9 +178,7 @@ async def test_a_refused_mount_falls_back_to_an_upload(
 ) -> None:
     image = images.make_image(image_cache, [70_000], seed=42, fmt="oci")
     images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
-    config = make_config(
-        basic_registry, sources=[plain(plain_registry)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(plain_registry, basic_registry)
     source = source_ref(plain_registry, unique_repo, "v1")
     layer = image.layers[0].digest
 
@@ -220,9 +212,7 @@ async def test_concurrent_backups_of_one_image_share_one_copy(
     image = images.make_image(image_cache, [400_000, 10_000], seed=51, fmt="oci")
     images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
     source_proxy = fault_proxy(plain_registry)
-    config = make_config(
-        basic_registry, sources=[plain(source_proxy)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(source_proxy, basic_registry)
     by_tag = parse(f"{source_proxy.host}/{unique_repo}:v1")
     by_digest = parse(f"{source_proxy.host}/{unique_repo}@{image.digest}")
 
@@ -315,9 +305,7 @@ async def test_copying_again_after_a_restart_transfers_nothing(
     image = images.make_image(image_cache, [30_000, 20_000], seed=64, fmt="oci")
     images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
     source_proxy = fault_proxy(plain_registry)
-    config = make_config(
-        basic_registry, sources=[plain(source_proxy)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(source_proxy, basic_registry)
     source = parse(f"{source_proxy.host}/{unique_repo}:v1")
     async with engine_for(config) as engine:
         await engine.backup(source, deadline=deadline())
@@ -366,9 +354,7 @@ async def test_each_blob_costs_at_most_one_check_and_one_streamed_upload(
     images.push(plain_registry.backdoor_url, unique_repo, "one", first)
     images.push(plain_registry.backdoor_url, unique_repo, "two", second)
     target = fault_proxy(basic_registry)
-    config = make_config(
-        target, sources=[plain(plain_registry)], docker_config=target.docker_config
-    )
+    config = plain_to(plain_registry, target)
 
     async with engine_for(config) as engine:
         await engine.backup(source_ref(plain_registry, unique_repo, "one"), deadline=deadline())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import deadline, engine_for, make_config, plain, write_docker_config
+from tests.helpers import deadline, engine_for, make_config, plain, plain_to, write_docker_config
 from tests.support import images, skopeo
 from tests.support.faultproxy import FaultProxyFactory, corrupt, reset_after, serve, status
 from tests.support.registries import Registry, RegistryFactory
@@ -32,9 +32,7 @@ def pushed(plain_registry: Registry, image_cache: str, unique_repo: str) -> imag
 async def test_missing_source_image_is_reported_by_name(
     plain_registry: Registry, basic_registry: Registry, unique_repo: str
 ) -> None:
-    config = make_config(
-        basic_registry, sources=[plain(plain_registry)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(plain_registry, basic_registry)
     async with engine_for(config) as engine:
         with pytest.raises(NotFound) as caught:
             await engine.backup(
@@ -73,9 +71,7 @@ async def test_unreachable_target_fails_within_the_deadline(
 ) -> None:
     target = registry_factory(tls=True, auth="basic")
     target.stop()
-    config = make_config(
-        target, sources=[plain(plain_registry)], docker_config=target.docker_config
-    )
+    config = plain_to(plain_registry, target)
     started = time.monotonic()
     async with engine_for(config) as engine:
         with pytest.raises(TransientError) as caught:
@@ -96,9 +92,7 @@ async def test_connection_reset_mid_blob_is_retried(
     source = fault_proxy(plain_registry)
     big_layer = pushed.layers[0].digest
     rule = source.add(reset_after(100_000, method="GET", path=f"/blobs/{big_layer}$", times=1))
-    config = make_config(
-        basic_registry, sources=[plain(source)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(source, basic_registry)
     async with engine_for(config) as engine:
         result = await engine.backup(parse(f"{source.host}/{unique_repo}:v1"), deadline=deadline())
     assert rule.hits == 1
@@ -116,9 +110,7 @@ async def test_corrupt_source_bytes_are_never_committed(
     source = fault_proxy(plain_registry)
     big_layer = pushed.layers[0].digest
     source.add(corrupt(method="GET", path=f"/blobs/{big_layer}$"))
-    config = make_config(
-        basic_registry, sources=[plain(source)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(source, basic_registry)
     ref = parse(f"{source.host}/{unique_repo}:v1")
     async with engine_for(config) as engine:
         with pytest.raises(CorruptTransfer) as caught:
@@ -139,9 +131,7 @@ async def test_corruption_in_transit_once_is_retried(
     source = fault_proxy(plain_registry)
     big_layer = pushed.layers[0].digest
     source.add(corrupt(method="GET", path=f"/blobs/{big_layer}$", times=1))
-    config = make_config(
-        basic_registry, sources=[plain(source)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(source, basic_registry)
     async with engine_for(config) as engine:
         result = await engine.backup(parse(f"{source.host}/{unique_repo}:v1"), deadline=deadline())
     assert (
@@ -160,9 +150,7 @@ async def test_rate_limit_is_honoured(
 ) -> None:
     source = fault_proxy(plain_registry)
     source.add(status(429, {"Retry-After": "1"}, method="GET", path="/manifests/", times=1))
-    config = make_config(
-        basic_registry, sources=[plain(source)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(source, basic_registry)
     async with engine_for(config) as engine:
         result = await engine.backup(parse(f"{source.host}/{unique_repo}:v1"), deadline=deadline())
     manifest_gets = source.requests("GET", "/manifests/")
@@ -197,9 +185,7 @@ async def test_persistent_server_errors_give_up_after_bounded_retries(
 ) -> None:
     target = fault_proxy(basic_registry)
     rule = target.add(status(503, method="PUT", path="/manifests/"))
-    config = make_config(
-        target, sources=[plain(plain_registry)], docker_config=target.docker_config
-    )
+    config = plain_to(plain_registry, target)
     async with engine_for(config) as engine:
         with pytest.raises(TransientError, match="HTTP 503"):
             await engine.backup(
@@ -217,9 +203,7 @@ async def test_legacy_schema1_manifests_are_refused(
     source = fault_proxy(plain_registry)
     body = images.schema1_manifest_body(unique_repo, "old")
     source.add(serve(body, images.SCHEMA1_SIGNED_MANIFEST, path="/manifests/"))
-    config = make_config(
-        basic_registry, sources=[plain(source)], docker_config=basic_registry.docker_config
-    )
+    config = plain_to(source, basic_registry)
     async with engine_for(config) as engine:
         with pytest.raises(UnsupportedManifest, match="schema 1"):
             await engine.backup(parse(f"{source.host}/{unique_repo}:old"), deadline=deadline())

@@ -120,29 +120,26 @@ class RegistryClient:
             raise RegistryError(f"{where}: registry stored {stored}, expected {manifest.digest}")
 
     async def blob_exists(self, repo: Repository, digest: str, *, deadline: float) -> bool:
-        response = await self._transport.request(
-            repo.host,
-            "HEAD",
-            f"/v2/{repo.path}/blobs/{digest}",
-            repository=repo.path,
-            scopes=[repo.scope(PUSH)],
-            deadline=deadline,
-            what=f"{repo}@{digest}",
-            ok=(200, 404),
-        )
-        response.release()
-        return response.status == 200
+        path = f"/v2/{repo.path}/blobs/{digest}"
+        return await self._found(repo, "HEAD", path, f"{repo}@{digest}", deadline)
 
     async def has_tags(self, repo: Repository, *, deadline: float) -> bool:
         """Whether the repository exists with tags; a new one needs no per-blob existence checks."""
+        path = f"/v2/{repo.path}/tags/list?n=1"
+        return await self._found(repo, "GET", path, f"{repo}: tags", deadline)
+
+    async def _found(
+        self, repo: Repository, method: str, path: str, what: str, deadline: float
+    ) -> bool:
+        """200 or 404 from a target repository (asked with the push scope the copy holds)."""
         response = await self._transport.request(
             repo.host,
-            "GET",
-            f"/v2/{repo.path}/tags/list?n=1",
+            method,
+            path,
             repository=repo.path,
             scopes=[repo.scope(PUSH)],
             deadline=deadline,
-            what=f"{repo}: tags",
+            what=what,
             ok=(200, 404),
         )
         response.release()
