@@ -264,3 +264,27 @@ async def test_plain_http_source_needs_insecure(
             parse(f"{plain_registry.host}/{unique_repo}:v1"), deadline=deadline()
         )
     assert result.digest == pushed.digest
+
+
+async def test_an_insecure_registry_down_at_first_contact_is_asked_again(
+    plain_registry: Registry,
+    registry_factory: RegistryFactory,
+    pushed: images.Image,
+    unique_repo: str,
+) -> None:
+    target = registry_factory(tls=True, auth="basic")
+    target.stop()
+    config = make_config(
+        target,
+        sources=[plain(plain_registry)],
+        docker_config=target.docker_config,
+        backup_insecure=True,
+    )
+    source = parse(f"{plain_registry.host}/{unique_repo}:v1")
+    async with engine_for(config) as engine:
+        with pytest.raises(TransientError, match="unreachable"):
+            await engine.backup(source, deadline=deadline(2))
+        target.restart()
+        result = await engine.backup(source, deadline=deadline())
+    assert result.digest == pushed.digest
+    images.read_back(target.backdoor_url, result.backup.repository, pushed.digest)

@@ -89,7 +89,7 @@ class CopyEngine:
     def __init__(
         self,
         client: RegistryClient,
-        scheme: Scheme | None = None,
+        scheme: Scheme,
         *,
         concurrency: int = 8,
         tag_ttl: float = 60.0,
@@ -108,8 +108,6 @@ class CopyEngine:
 
     @property
     def scheme(self) -> Scheme:
-        if self._scheme is None:
-            raise RegistryError("no backup registry configured")
         return self._scheme
 
     def target_for(self, source: Reference) -> Repository:

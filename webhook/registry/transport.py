@@ -7,7 +7,6 @@ about sockets, certificates, status codes and 401 dances lives here.
 from __future__ import annotations
 
 import ssl
-import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -242,12 +241,15 @@ class Transport:
         if not endpoint.insecure:
             return https
         # An insecure registry may speak TLS (unverified) or plain HTTP: ask it, TLS first.
-        try:
-            probe = Request("GET", https.join(URL("v2/")))
-            async with await self._http(host, probe, min(deadline, _soon(5)), host):
-                return https
-        except (RegistryError, TransientError):
-            return URL(f"http://{host}/")
+        # A registry that answers neither is reported, and asked again next time.
+        for url in (https, URL(f"http://{host}/")):
+            timeout = aiohttp.ClientTimeout(total=min(5.0, remaining(deadline, host)))
+            try:
+                async with self._session.get(url.join(URL("v2/")), ssl=False, timeout=timeout):
+                    return url
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failure = exc
+        raise TransientError(f"{host}: {host} unreachable ({_describe(failure)})")
 
 
 async def _status_error(response: aiohttp.ClientResponse, what: str) -> RegistryError:
@@ -280,7 +282,3 @@ async def _registry_message(response: aiohttp.ClientResponse) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
-
-
-def _soon(seconds: float) -> float:
-    return time.monotonic() + seconds
