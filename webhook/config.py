@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,9 @@ from pydantic.alias_generators import to_camel
 from .naming import Scheme
 from .reference import InvalidReference, Reference
 from .registry.transport import Endpoint
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_NAMESPACE = "image-backup"
 
 
 class ConfigError(ValueError):
@@ -98,11 +102,38 @@ class CopySettings(_Section):
     tag_cache_seconds: float = Field(60.0, ge=0)
 
 
+class Server(_Section):
+    port: int = Field(8443, ge=1, le=65535)
+    cert_file: Path = Path("/etc/image-backup/tls/tls.crt")
+    key_file: Path = Path("/etc/image-backup/tls/tls.key")
+    max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
+
+
+def _own_namespace() -> str:
+    """The namespace this webhook runs in (downward API or the service-account mount)."""
+    namespace = os.environ.get("POD_NAMESPACE")
+    if namespace:
+        return namespace
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or DEFAULT_NAMESPACE
+    except OSError:
+        return DEFAULT_NAMESPACE
+
+
+class Exclude(_Section):
+    namespaces: list[str] = Field(default_factory=lambda: [_own_namespace(), "kube-system"])
+    images: list[str] = []  # glob patterns on the normalized reference
+
+
 class Config(_Section):
     backup_registry: BackupRegistry
     registries: list[SourceRegistry] = []
     credentials: Credentials = Credentials()
     copy_settings: CopySettings = Field(CopySettings(), alias="copy")
+    server: Server = Server()
+    admission_budget_seconds: float = Field(25.0, gt=0)
+    on_failure: Literal["deny", "allow"] = "deny"
+    exclude: Exclude = Field(default_factory=Exclude)
 
     @field_validator("registries")
     @classmethod

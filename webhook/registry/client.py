@@ -41,6 +41,25 @@ class RegistryClient:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
+    async def answers(self, host: str, *, deadline: float) -> bool:
+        """Whether the registry's API answers at all (for readiness): any HTTP reply counts."""
+        try:
+            response = await self._transport.request(
+                host,
+                "GET",
+                "/v2/",
+                repository="",
+                scopes=[],
+                deadline=deadline,
+                what=f"{host}: ping",
+                ok=range(200, 500),
+                retry=False,
+            )
+        except RegistryError:
+            return False
+        response.release()
+        return True
+
     async def head_manifest(
         self, repo: Repository, reference: str, *, deadline: float, push: bool = False
     ) -> Descriptor | None:

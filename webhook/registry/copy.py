@@ -121,6 +121,22 @@ class CopyEngine:
             return None
         return replace(hit[0], from_cache=True)
 
+    async def backup_registry_answers(self, *, deadline: float) -> bool:
+        return await self._client.answers(self.scheme.host, deadline=deadline)
+
+    async def lookup(self, source: Reference, *, deadline: float) -> CopyResult | None:
+        """The backup of `source` if it already exists, found without writing or caching."""
+        cached = self.cached(source)
+        if cached is not None:
+            return cached
+        target = self.target_for(source)
+        digest = await self.resolve(source, deadline=deadline)
+        found = await self._client.head_manifest(target, anchor_tag(digest), deadline=deadline)
+        if found is None or found.digest != digest:
+            return None
+        backup = Reference(target.host, target.path, source.tag, digest)
+        return CopyResult(source, backup, already_backed_up=True)
+
     async def backup(self, source: Reference, *, deadline: float) -> CopyResult:
         return await self.copy(source, self.target_for(source), tag=source.tag, deadline=deadline)
 

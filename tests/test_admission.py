@@ -1,0 +1,371 @@
+"""The admission logic on the real kube-apiserver samples, copying between real registries."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.admission_helpers import (
+    SAMPLE_IMAGES,
+    body,
+    images_of,
+    patched,
+    response_of,
+    sample,
+    with_object,
+)
+from tests.helpers import make_config
+from tests.support import images, skopeo
+from tests.support.faultproxy import FaultProxyFactory, delay
+from tests.support.registries import Registry
+from webhook.admission.errors import BadReview
+from webhook.admission.handler import Admission
+from webhook.config import Config
+from webhook.engine import open_engine
+from webhook.metrics import Metrics
+
+ORIGINALS = "image-backup.io/original-images"
+
+
+@pytest.fixture(scope="session")
+def hub(plain_registry: Registry, session_tmp: str) -> dict[str, images.Image]:
+    """The samples' Docker Hub images, pushed into the local stand-in for Docker Hub."""
+    pushed = {}
+    for seed, (name, layers) in enumerate(SAMPLE_IMAGES.items(), start=900):
+        repository, tag = name.split(":")
+        image = images.make_image(f"{session_tmp}/hub", layers, seed=seed, fmt="docker")
+        images.push(plain_registry.backdoor_url, repository, tag, image)
+        pushed[name] = image
+    return pushed
+
+
+def hub_config(backup: Registry, docker_hub: str, **settings: Any) -> Config:
+    """Docker Hub served from a local registry (`endpoint`), a fresh prefix in the backup."""
+    config = make_config(
+        backup,
+        sources=[{"host": "docker.io", "endpoint": docker_hub, "insecure": True}],
+        docker_config=backup.docker_config,
+        prefix=f"t{secrets.token_hex(4)}",
+    )
+    return config.model_copy(update=settings)
+
+
+@asynccontextmanager
+async def admission(config: Config) -> AsyncIterator[tuple[Admission, Metrics]]:
+    metrics = Metrics()
+    async with open_engine(config) as engine:
+        yield Admission(engine, config, metrics), metrics
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    kind = obj["kind"]
+    if kind == "Pod":
+        return obj["spec"]  # type: ignore[no-any-return]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def backup_repository(reference: str) -> str:
+    return reference.split("/", 1)[1].split("@")[0].rsplit(":", 1)[0]
+
+
+@pytest.mark.parametrize("name", ["deployment-create", "pod-create-bare", "cronjob-create"])
+async def test_enforce_backs_up_and_pins_every_image(
+    name: str, hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    review = sample(name)
+    config = hub_config(basic_registry, plain_registry.url)
+    async with admission(config) as (webhook, metrics):
+        response = response_of(await webhook.review(body(review), "enforce"), review)
+
+    assert response["allowed"] is True
+    before = review["request"]["object"]
+    after = patched(review, response)
+    old_images, new_images = images_of(pod_spec(before)), images_of(pod_spec(after))
+    assert old_images.keys() == new_images.keys()
+    for container, image in new_images.items():
+        source = old_images[container]
+        expected = hub[f"library/{source}"]  # the samples use official images
+        assert image.startswith(
+            f"{basic_registry.host}/{config.backup_registry.prefix}/docker.io/library/"
+        )
+        assert image.endswith(f":{source.split(':')[1]}@{expected.digest}")
+        assert (
+            skopeo.inspect_raw_digest(
+                basic_registry, backup_repository(image) + "@" + expected.digest
+            )
+            == expected.digest
+        )
+    # Exactly the image fields and the one annotation changed; nothing in the pod template.
+    assert json.loads(after["metadata"]["annotations"][ORIGINALS]) == old_images
+    restored = copy.deepcopy(after)
+    del restored["metadata"]["annotations"][ORIGINALS]
+    for container in pod_spec(restored).get("containers", []):
+        container["image"] = old_images[container["name"]]
+    assert restored == before
+    assert len(response["warnings"]) == len(old_images)
+    assert all(len(w) < 256 for w in response["warnings"])
+    assert 'result="patched"' in metrics.render()[0].decode()
+
+
+async def test_reviewing_the_rewritten_object_again_changes_nothing(
+    hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    review = sample("deployment-create")
+    async with admission(hub_config(basic_registry, plain_registry.url)) as (webhook, _):
+        first = response_of(await webhook.review(body(review), "enforce"), review)
+        again = with_object(review, patched(review, first))
+        second = response_of(await webhook.review(body(again), "enforce"), again)
+        update = with_object(review, patched(review, first), operation="UPDATE")
+        third = response_of(await webhook.review(body(update), "enforce"), update)
+
+    for response in (second, third):
+        assert response["allowed"] is True
+        assert "patch" not in response and "warnings" not in response
+
+
+async def test_an_update_adds_to_the_recorded_originals(
+    hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    review = sample("deployment-create")
+    async with admission(hub_config(basic_registry, plain_registry.url)) as (webhook, _):
+        first = response_of(await webhook.review(body(review), "enforce"), review)
+        changed = patched(review, first)
+        pod_spec(changed)["containers"][0]["image"] = "nginx:1.26"  # a new rollout
+        update = with_object(review, changed, operation="UPDATE")
+        response = response_of(await webhook.review(body(update), "enforce"), update)
+
+    after = patched(update, response)
+    recorded = json.loads(after["metadata"]["annotations"][ORIGINALS])
+    assert recorded == {"nginx": "nginx:1.26", "sidecar": "busybox:1.36"}
+    assert images_of(pod_spec(after))["nginx"].endswith(hub["library/nginx:1.26"].digest)
+    assert images_of(pod_spec(after))["sidecar"] == images_of(pod_spec(changed))["sidecar"]
+
+
+async def test_cached_backups_answer_without_any_registry(
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    fault_proxy: FaultProxyFactory,
+) -> None:
+    source, target = fault_proxy(plain_registry), fault_proxy(basic_registry)
+    config = make_config(
+        target,
+        sources=[{"host": "docker.io", "endpoint": source.url, "insecure": True}],
+        docker_config=target.docker_config,
+        prefix=f"t{secrets.token_hex(4)}",
+    )
+    deployment, pod = sample("deployment-create"), sample("pod-create-bare")
+    pod_spec(pod["request"]["object"])["containers"][0]["image"] = "nginx:1.25"
+    async with admission(config) as (webhook, metrics):
+        await webhook.review(body(deployment), "enforce")
+        source.clear_log()
+        target.clear_log()
+        response = response_of(await webhook.review(body(pod), "enforce"), pod)
+
+    assert source.log == [] and target.log == []
+    assert images_of(pod_spec(patched(pod, response)))["main"].endswith(
+        hub["library/nginx:1.25"].digest
+    )
+    assert "image_backup_cache_hits_total 1.0" in metrics.render()[0].decode()
+
+
+async def test_server_side_dry_run_has_no_side_effects_until_the_backup_exists(
+    hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    dry, real = sample("deployment-create-dryrun"), sample("deployment-create")
+    pod_spec(real["request"]["object"])["containers"][0]["image"] = "nginx:1.26"
+    config = hub_config(basic_registry, plain_registry.url)
+    prefix = config.backup_registry.prefix
+    async with admission(config) as (webhook, _):
+        before = response_of(await webhook.review(body(dry), "enforce"), dry)
+        assert list_backups(basic_registry, prefix) == []  # nothing copied or tagged
+        applied = response_of(await webhook.review(body(real), "enforce"), real)
+    async with admission(config) as (webhook, _):  # and nothing was cached by the dry run
+        after = response_of(await webhook.review(body(dry), "enforce"), dry)
+
+    assert before["allowed"] is True and "patch" not in before
+    assert all("would be backed up on a real apply" in w for w in before["warnings"])
+    assert after["allowed"] is True
+    assert (
+        patched(dry, after)["spec"]["template"]["spec"]["containers"][0]["image"]
+        == (patched(real, applied)["spec"]["template"]["spec"]["containers"][0]["image"])
+    )
+
+
+def list_backups(registry: Registry, prefix: str) -> list[str]:
+    from pathlib import Path
+
+    root = Path(registry.storage_dir) / "docker/registry/v2/repositories" / prefix
+    return sorted(str(p) for p in root.rglob("_manifests/tags/*")) if root.exists() else []
+
+
+async def test_audit_reports_without_copying_or_patching(
+    hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    review = sample("deployment-create")
+    config = hub_config(basic_registry, plain_registry.url)
+    async with admission(config) as (webhook, metrics):
+        response = response_of(await webhook.review(body(review), "audit"), review)
+
+    assert response["allowed"] is True and "patch" not in response
+    prefix = f"{basic_registry.host}/{config.backup_registry.prefix}/docker.io/library"
+    assert response["warnings"] == [
+        f"would back up nginx:1.25 as {prefix}/nginx:1.25",
+        f"would back up busybox:1.36 as {prefix}/busybox:1.36",
+    ]
+    assert json.loads(response["auditAnnotations"]["image-backup.io/would-back-up"]) == [
+        "nginx:1.25",
+        "busybox:1.36",
+    ]
+    assert list_backups(basic_registry, config.backup_registry.prefix) == []
+    assert (
+        'image_backup_audit_would_back_up_total{namespace="wh-test"} 2.0'
+        in metrics.render()[0].decode()
+    )
+
+
+async def test_a_failed_copy_denies_naming_the_image_and_cause(
+    hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    review = sample("deployment-create")
+    pod_spec(review["request"]["object"])["containers"][1]["image"] = "busybox:9.99-missing"
+    async with admission(hub_config(basic_registry, plain_registry.url)) as (webhook, _):
+        response = response_of(await webhook.review(body(review), "enforce"), review)
+
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert "busybox:9.99-missing:" in message and "not found" in message
+    assert "nginx" not in message  # the image that could be backed up is not blamed
+
+
+async def test_on_failure_allow_admits_with_warnings(
+    hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    review = sample("deployment-create")
+    pod_spec(review["request"]["object"])["containers"][1]["image"] = "busybox:9.99-missing"
+    config = hub_config(basic_registry, plain_registry.url, on_failure="allow")
+    async with admission(config) as (webhook, metrics):
+        response = response_of(await webhook.review(body(review), "enforce"), review)
+
+    assert response["allowed"] is True
+    after = images_of(pod_spec(patched(review, response)))
+    assert after["sidecar"] == "busybox:9.99-missing"  # left as it was
+    assert after["nginx"].endswith(hub["library/nginx:1.25"].digest)  # the rest is pinned
+    assert any(
+        "admitted without a backup" in w and "busybox:9.99-missing" in w
+        for w in response["warnings"]
+    )
+    assert (
+        'image_backup_images_total{outcome="allowed_on_failure"} 1.0'
+        in metrics.render()[0].decode()
+    )
+
+
+async def test_copies_outlive_the_budget_and_the_retry_is_fast(
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    fault_proxy: FaultProxyFactory,
+) -> None:
+    source = fault_proxy(plain_registry)
+    source.add(delay(1.5, method="GET", path="/blobs/", times=1))
+    config = hub_config(basic_registry, source.url, admission_budget_seconds=0.5)
+    review = sample("pod-create-bare")
+    async with admission(config) as (webhook, _):
+        first = response_of(await webhook.review(body(review), "enforce"), review)
+        await asyncio.sleep(2)
+        retry = with_object(review, review["request"]["object"])
+        second = response_of(await webhook.review(body(retry), "enforce"), retry)
+
+    assert first["allowed"] is False and "still copying" in first["status"]["message"]
+    assert "alpine:3.19" in first["status"]["message"]
+    assert second["allowed"] is True and "patch" in second
+
+
+@pytest.mark.parametrize(
+    ("change", "config_settings"),
+    [
+        ("namespace", {}),
+        ("annotation", {}),
+        ("image-glob", {}),
+    ],
+)
+async def test_exclusions_leave_images_alone(
+    change: str,
+    config_settings: dict[str, Any],
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+) -> None:
+    review = sample("deployment-create")
+    config = hub_config(basic_registry, plain_registry.url)
+    exclude = config.exclude
+    if change == "namespace":
+        review["request"]["namespace"] = "kube-system"
+    elif change == "annotation":
+        review["request"]["object"]["metadata"]["annotations"]["image-backup.io/skip"] = "true"
+    else:
+        exclude = exclude.model_copy(update={"images": ["docker.io/library/*"]})
+    async with admission(config.model_copy(update={"exclude": exclude})) as (webhook, metrics):
+        response = response_of(await webhook.review(body(review), "enforce"), review)
+    assert response["allowed"] is True and "patch" not in response
+    assert 'image_backup_images_total{outcome="excluded"} 2.0' in metrics.render()[0].decode()
+
+
+async def test_other_kinds_and_operations_pass_unchanged(basic_registry: Registry) -> None:
+    review = sample("deployment-create")
+    config_map = with_object(
+        review,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
+        kind={"group": "", "version": "v1", "kind": "ConfigMap"},
+    )
+    deletion = with_object(review, None, operation="DELETE")  # type: ignore[arg-type]
+    async with admission(make_config(basic_registry)) as (webhook, _):
+        for request in (config_map, deletion):
+            response = response_of(await webhook.review(body(request), "enforce"), request)
+            assert response == {"uid": request["request"]["uid"], "allowed": True}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "body is not valid JSON"),
+        (b"[]", "body is not a JSON object"),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}',
+            "expected apiVersion",
+        ),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}', "has no request"),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u", "operation": "CREATE", "kind": {}}}',
+            (
+                orjson.dumps(
+                    {
+                        "apiVersion": "admission.k8s.io/v1",
+                        "kind": "AdmissionReview",
+                        "request": {"uid": "u", "operation": "CREATE", "kind": {}},
+                    }
+                ),
+                "CREATE request has no object",
+            ),
+        ),
+    ],
+)
+async def test_malformed_reviews_are_refused_with_one_line(
+    payload: bytes, reason: str, basic_registry: Registry
+) -> None:
+    async with admission(make_config(basic_registry)) as (webhook, _):
+        with pytest.raises(BadReview) as caught:
+            await webhook.review(payload, "enforce")
+    assert caught.value.status == 400
+    assert reason in caught.value.reason and "\n" not in caught.value.reason

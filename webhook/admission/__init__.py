@@ -1,0 +1,1 @@
+"""The admission webhook: AdmissionReview in, decisions and JSON patches out."""

@@ -1,0 +1,281 @@
+"""Answering one AdmissionReview: request -> plan -> copy -> patch -> response."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+from ..config import Config
+from ..metrics import Metrics
+from ..reference import Reference
+from ..registry.client import Repository
+from ..registry.copy import CopyEngine, CopyResult
+from ..registry.errors import RegistryError
+from .patch import build_patch
+from .plan import Action, ImagePlan, Planner
+from .pods import image_fields
+from .review import AdmissionRequest, AdmissionResponse, encode_response, parse_review
+
+Mode = Literal["enforce", "audit"]
+
+SKIP_ANNOTATION = "image-backup.io/skip"
+WOULD_BACK_UP = "image-backup.io/would-back-up"
+MAX_WARNING = 255
+STILL_COPYING = "still copying into the backup registry, retry shortly"
+
+log = logging.getLogger("image_backup.admission")
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one review decided, for the response, the metrics and the log line."""
+
+    rewrites: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    would_back_up: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+
+class Admission:
+    def __init__(self, engine: CopyEngine, config: Config, metrics: Metrics) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._budget = config.admission_budget_seconds
+        self._copy_timeout = config.copy_settings.timeout_seconds
+        self._allow_on_failure = config.on_failure == "allow"
+        self._excluded_namespaces = tuple(config.exclude.namespaces)
+        self._planner = Planner(engine, config.exclude.images)
+        self._background: set[asyncio.Task[CopyResult | None]] = set()
+
+    async def backup_registry_answers(self) -> bool:
+        return await self._engine.backup_registry_answers(deadline=time.monotonic() + 5)
+
+    async def review(self, body: bytes, mode: Mode) -> bytes:
+        started = time.perf_counter()
+        request = parse_review(body)
+        outcome = _Outcome()
+        answer = await self._answer(request, mode, outcome)
+        elapsed = time.perf_counter() - started
+        self._record(request, mode, answer, outcome, elapsed)
+        return encode_response(request.uid, answer)
+
+    async def _answer(
+        self, request: AdmissionRequest, mode: Mode, outcome: _Outcome
+    ) -> AdmissionResponse:
+        obj = request.object
+        if obj is None or request.operation not in ("CREATE", "UPDATE"):
+            return AdmissionResponse()
+        fields = image_fields(request.group, request.kind, obj)
+        if not fields:
+            return AdmissionResponse()
+        if _excluded(request, obj, self._excluded_namespaces):
+            for _ in fields:
+                outcome.count(Action.EXCLUDED.value)
+            return AdmissionResponse()
+        plans = self._planner.plan(fields)
+        if mode == "audit":
+            return self._audit(request, plans, outcome)
+        deadline = time.monotonic() + self._budget
+        results = await self._backups(plans, request.dry_run, deadline)
+        for plan in plans:
+            self._settle(plan, results.get(plan.field.pointer), request.dry_run, outcome)
+        return self._response(obj, outcome)
+
+    async def _backups(
+        self, plans: list[ImagePlan], dry_run: bool, deadline: float
+    ) -> dict[str, CopyResult | BaseException | None]:
+        """Run the copies (or, in a dry run, the read-only lookups) for images that need them.
+
+        Copies still running when the budget ends go on in the background, so a
+        retry of the same request finds them done.
+        """
+        wanted = {p.field.pointer: p.source for p in plans if p.action is Action.BACK_UP}
+        if not wanted:
+            return {}
+        tasks: dict[str, asyncio.Task[CopyResult | None]] = {}
+        for pointer, source in wanted.items():
+            assert source is not None
+            work = self._engine.lookup(source, deadline=deadline) if dry_run else self._copy(source)
+            task = asyncio.ensure_future(work)
+            tasks[pointer] = task
+            if not dry_run:
+                # Held here so a copy outliving its request is not garbage collected.
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - time.monotonic()))
+        results: dict[str, CopyResult | BaseException | None] = {}
+        for pointer, task in tasks.items():
+            if not task.done():
+                if dry_run:
+                    task.cancel()  # a dry run leaves nothing behind
+                results[pointer] = TimeoutError(STILL_COPYING)
+            elif task.cancelled():
+                results[pointer] = TimeoutError(STILL_COPYING)
+            else:
+                results[pointer] = task.exception() or task.result()
+        return results
+
+    async def _copy(self, source: Reference) -> CopyResult:
+        started = time.monotonic()
+        try:
+            result = await self._engine.backup(source, deadline=started + self._copy_timeout)
+        except Exception:
+            self._metrics.copies.labels("failed").inc()
+            raise
+        self._metrics.copy_seconds.observe(time.monotonic() - started)
+        if result.already_backed_up:
+            self._metrics.copies.labels("already_present").inc()
+        else:
+            self._metrics.copies.labels("copied").inc()
+            self._metrics.copied_bytes.inc(result.stats.bytes_uploaded)
+        return result
+
+    def _settle(
+        self,
+        plan: ImagePlan,
+        result: CopyResult | BaseException | None,
+        dry_run: bool,
+        outcome: _Outcome,
+    ) -> None:
+        image, container = plan.field.image, plan.field.container
+        if plan.action in (Action.EXCLUDED, Action.ALREADY_BACKED_UP):
+            outcome.count(plan.action.value)
+            return
+        if plan.action is Action.REWRITE:
+            assert plan.backup is not None
+            self._metrics.cache_hits.inc()
+            result = plan.backup
+        elif plan.action is Action.INVALID:
+            result = ValueError(plan.problem)
+        if isinstance(result, CopyResult):
+            backup = str(result.backup)
+            outcome.rewrites[plan.field.pointer] = (container, image, backup)
+            outcome.warnings.append(_warning(f"container {container!r}: {image} is now {backup}"))
+            outcome.count("rewritten")
+        elif dry_run and result is None:
+            outcome.warnings.append(
+                _warning(f"container {container!r}: {image} would be backed up on a real apply")
+            )
+            outcome.count("would_back_up")
+        else:
+            outcome.failures.append(f"{image}: {_reason(result)}")
+            outcome.count("failed")
+
+    def _response(self, obj: dict[str, object], outcome: _Outcome) -> AdmissionResponse:
+        if outcome.failures and not self._allow_on_failure:
+            count = len(outcome.failures)
+            message = (
+                f"image-backup: {count} image{'s' if count > 1 else ''} could not be backed up: "
+                + "; ".join(outcome.failures)
+            )
+            return AdmissionResponse(allowed=False, message=message)
+        warnings = outcome.warnings
+        if outcome.failures:
+            warnings = warnings + [
+                _warning(f"admitted without a backup (onFailure: allow): {failure}")
+                for failure in outcome.failures
+            ]
+            outcome.counts["allowed_on_failure"] = len(outcome.failures)
+        return AdmissionResponse(
+            patch=build_patch(obj, outcome.rewrites) or None, warnings=warnings or None
+        )
+
+    def _audit(
+        self, request: AdmissionRequest, plans: list[ImagePlan], outcome: _Outcome
+    ) -> AdmissionResponse:
+        """What enforce would do, without copying or patching anything."""
+        for plan in plans:
+            if plan.action in (Action.BACK_UP, Action.REWRITE):
+                assert plan.source is not None
+                target = (
+                    str(plan.backup.backup)
+                    if plan.backup is not None
+                    else _unpinned(self._engine.target_for(plan.source), plan.source)
+                )
+                outcome.would_back_up.append(plan.field.image)
+                outcome.warnings.append(_warning(f"would back up {plan.field.image} as {target}"))
+                outcome.count("would_back_up")
+                self._metrics.audit_images.labels(request.namespace).inc()
+            elif plan.action is Action.INVALID:
+                outcome.warnings.append(
+                    _warning(f"could not back up {plan.field.image}: {plan.problem}")
+                )
+                outcome.count("failed")
+            else:
+                outcome.count(plan.action.value)
+        annotations = (
+            {WOULD_BACK_UP: orjson.dumps(outcome.would_back_up).decode()}
+            if outcome.would_back_up
+            else None
+        )
+        return AdmissionResponse(warnings=outcome.warnings or None, audit_annotations=annotations)
+
+    def _record(
+        self,
+        request: AdmissionRequest,
+        mode: Mode,
+        answer: AdmissionResponse,
+        outcome: _Outcome,
+        elapsed: float,
+    ) -> None:
+        decision = "denied" if not answer.allowed else ("patched" if answer.patch else "allowed")
+        self._metrics.admissions.labels(mode, request.kind, request.operation, decision).inc()
+        self._metrics.admission_seconds.labels(mode).observe(elapsed)
+        for what, number in outcome.counts.items():
+            self._metrics.images.labels(what).inc(number)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                orjson.dumps(
+                    {
+                        "uid": request.uid,
+                        "mode": mode,
+                        "dryRun": request.dry_run,
+                        "kind": request.kind,
+                        "operation": request.operation,
+                        "object": request.display_name,
+                        "images": outcome.counts,
+                        "rewritten": {p: new for p, (_, _, new) in outcome.rewrites.items()},
+                        "failures": outcome.failures,
+                        "decision": decision,
+                        "durationMs": round(elapsed * 1000, 3),
+                    }
+                ).decode()
+            )
+
+
+def _excluded(
+    request: AdmissionRequest, obj: dict[str, object], namespaces: tuple[str, ...]
+) -> bool:
+    if any(fnmatch.fnmatchcase(request.namespace, pattern) for pattern in namespaces):
+        return True
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    return isinstance(annotations, dict) and annotations.get(SKIP_ANNOTATION) == "true"
+
+
+def _unpinned(target: Repository, source: Reference) -> str:
+    if source.digest:
+        return f"{target}@{source.digest}"
+    return f"{target}:{source.tag}"
+
+
+def _reason(error: object) -> str:
+    if isinstance(error, TimeoutError):
+        return str(error) or STILL_COPYING
+    if isinstance(error, RegistryError | ValueError):
+        return " ".join(str(error).split())
+    return f"unexpected error ({type(error).__name__})"
+
+
+def _warning(text: str) -> str:
+    return text if len(text) <= MAX_WARNING else text[: MAX_WARNING - 1] + "…"

@@ -1,0 +1,85 @@
+"""What to do with each image: leave it, rewrite it from memory, or back it up first.
+
+Deciding costs no I/O, so every Pod a controller creates from an already
+rewritten template is answered without touching a registry.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..naming import BackupNameError, Scheme
+from ..reference import InvalidReference, Reference, parse
+from ..registry.copy import CopyEngine, CopyResult
+from .pods import ImageField
+
+
+class Action(enum.Enum):
+    EXCLUDED = "excluded"
+    ALREADY_BACKED_UP = "already_backed_up"
+    REWRITE = "rewrite"  # the backup is known: rewrite without copying
+    BACK_UP = "back_up"  # copy first, then rewrite
+    INVALID = "invalid"  # cannot be backed up: the reference or its backup name is invalid
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePlan:
+    field: ImageField
+    action: Action
+    source: Reference | None = None
+    backup: CopyResult | None = None  # for REWRITE
+    problem: str | None = None  # for INVALID
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """What an image string means, independent of any registry state."""
+
+    source: Reference | None
+    action: Action | None  # decided already (excluded, a backup, invalid), or None
+    problem: str | None = None
+
+
+class Planner:
+    def __init__(self, engine: CopyEngine, excluded_images: Sequence[str]) -> None:
+        self._engine = engine
+        self._scheme: Scheme = engine.scheme
+        self._excluded_images = tuple(excluded_images)
+        # The same few image strings arrive again and again: read each once.
+        self._read = lru_cache(maxsize=4096)(self._read_uncached)
+
+    def plan(self, fields: Sequence[ImageField]) -> list[ImagePlan]:
+        plans = []
+        for field in fields:
+            reading = self._read(field.image)
+            if reading.action is not None:
+                plans.append(
+                    ImagePlan(field, reading.action, reading.source, None, reading.problem)
+                )
+                continue
+            assert reading.source is not None
+            cached = self._engine.cached(reading.source)
+            if cached is not None:
+                plans.append(ImagePlan(field, Action.REWRITE, reading.source, cached))
+            else:
+                plans.append(ImagePlan(field, Action.BACK_UP, reading.source))
+        return plans
+
+    def _read_uncached(self, image: str) -> _Reading:
+        try:
+            source = parse(image)
+        except InvalidReference as exc:
+            return _Reading(None, Action.INVALID, str(exc))
+        if any(fnmatch.fnmatchcase(str(source), pattern) for pattern in self._excluded_images):
+            return _Reading(source, Action.EXCLUDED)
+        if self._scheme.is_backup(source):
+            return _Reading(source, Action.ALREADY_BACKED_UP)
+        try:
+            self._scheme.repository_for(source)
+        except BackupNameError as exc:
+            return _Reading(source, Action.INVALID, str(exc))
+        return _Reading(source, None)
