@@ -58,7 +58,8 @@ def patched(review: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         return obj
     assert response["patchType"] == "JSONPatch"
     operations = json.loads(base64.b64decode(response["patch"]))
-    result: dict[str, Any] = jsonpatch.apply_patch(obj, operations)
+    result = jsonpatch.apply_patch(obj, operations)
+    assert isinstance(result, dict)
     return result
 
 
