@@ -53,7 +53,7 @@ def response_of(answer: bytes, review: dict[str, Any]) -> dict[str, Any]:
 
 def patched(review: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     """The request's object with the response's JSON patch applied (unchanged without one)."""
-    obj = copy.deepcopy(review["request"]["object"])
+    obj: dict[str, Any] = copy.deepcopy(review["request"]["object"])
     if "patch" not in response:
         return obj
     assert response["patchType"] == "JSONPatch"
