@@ -1,0 +1,189 @@
+"""Fuzzing the review path: any body gives a valid AdmissionReview or a 4xx, never a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.admission_helpers import patched, sample
+from webhook import config as config_module
+from webhook.admission.errors import BadReview
+from webhook.admission.handler import Admission
+from webhook.admission.pods import POD_SPEC_PATHS
+from webhook.engine import open_engine
+from webhook.metrics import Metrics
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+image_strings = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["nginx", "nginx:1.25", "Bad/Upper", "a@sha256:xyz", "", "127.0.0.1:1/backup/x"]
+    ),
+)
+containers = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={"name": st.text(max_size=8) | json_scalars, "image": image_strings | json_values},
+    )
+    | json_values,
+    max_size=4,
+)
+pod_specs = st.fixed_dictionaries(
+    {},
+    optional={
+        "containers": containers | json_values,
+        "initContainers": containers,
+        "ephemeralContainers": containers,
+    },
+)
+MODES = st.sampled_from(["enforce", "audit"])
+
+
+@dataclass
+class Webhook:
+    loop: asyncio.AbstractEventLoop
+    admission: Admission
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    """Backup registry unreachable, tiny budget: every copy fails fast, nothing blocks."""
+    config = config_module.parse(
+        {
+            "backupRegistry": {"host": "127.0.0.1:1", "prefix": "backup", "insecure": True},
+            "admissionBudgetSeconds": 0.01,
+            "copy": {"timeoutSeconds": 0.5},
+        }
+    )
+    loop = asyncio.new_event_loop()
+    engine_context = open_engine(config)
+    engine = loop.run_until_complete(engine_context.__aenter__())
+    yield Webhook(loop, Admission(engine, config, Metrics()))
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(engine_context.__aexit__(None, None, None))
+    loop.close()
+
+
+def review_sync(webhook: Webhook, payload: bytes, mode: str) -> dict[str, Any] | BadReview:
+    async def run() -> dict[str, Any] | BadReview:
+        try:
+            answer = await webhook.admission.review(payload, mode)  # type: ignore[arg-type]
+        except BadReview as exc:
+            return exc
+        document: dict[str, Any] = orjson.loads(answer)
+        return document
+
+    return webhook.loop.run_until_complete(run())
+
+
+def assert_valid(outcome: dict[str, Any] | BadReview, uid: object = None) -> None:
+    if isinstance(outcome, BadReview):
+        assert 400 <= outcome.status < 500
+        assert outcome.reason and "\n" not in outcome.reason
+        return
+    assert outcome["apiVersion"] == "admission.k8s.io/v1" and outcome["kind"] == "AdmissionReview"
+    response = outcome["response"]
+    assert isinstance(response["allowed"], bool)
+    if uid is not None:
+        assert response["uid"] == uid
+    if not response["allowed"]:
+        assert response["status"]["message"]
+    for warning in response.get("warnings", []):
+        assert len(warning) < 256
+
+
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@FUZZ
+@given(payload=st.binary(max_size=200) | json_values.map(orjson.dumps), mode=MODES)
+def test_arbitrary_bodies(webhook: Webhook, payload: bytes, mode: str) -> None:
+    assert_valid(review_sync(webhook, payload, mode))
+
+
+@FUZZ
+@given(
+    request=st.dictionaries(
+        st.sampled_from(
+            ["uid", "kind", "operation", "object", "namespace", "name", "dryRun", "subResource"]
+        ),
+        json_values,
+    ),
+    mode=MODES,
+)
+def test_arbitrary_requests(webhook: Webhook, request: dict[str, Any], mode: str) -> None:
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+    assert_valid(review_sync(webhook, orjson.dumps(review), mode))
+
+
+@FUZZ
+@given(
+    kind=st.sampled_from(sorted(POD_SPEC_PATHS)),
+    spec=pod_specs,
+    metadata=st.fixed_dictionaries(
+        {},
+        optional={
+            "annotations": json_values
+            | st.dictionaries(
+                st.sampled_from(["image-backup.io/original-images", "image-backup.io/skip", "x"]),
+                st.text(max_size=20),
+            )
+        },
+    ),
+    operation=st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT"]),
+    dry_run=st.booleans(),
+    mode=MODES,
+)
+def test_arbitrary_objects_in_valid_reviews(
+    webhook: Webhook,
+    kind: tuple[str, str],
+    spec: dict[str, Any],
+    metadata: dict[str, Any],
+    operation: str,
+    dry_run: bool,
+    mode: str,
+) -> None:
+    group, name = kind
+    obj: dict[str, Any] = {"kind": name, "metadata": metadata}
+    node = obj
+    path = POD_SPEC_PATHS[kind]
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = spec
+    review = sample("deployment-create")
+    review["request"].update(
+        kind={"group": group, "version": "v1", "kind": name},
+        object=obj,
+        operation=operation,
+        dryRun=dry_run,
+    )
+    outcome = review_sync(webhook, orjson.dumps(review), mode)
+    assert_valid(outcome, review["request"]["uid"])
+    assert not isinstance(outcome, BadReview)
+    response = outcome["response"]
+    if "patch" in response:
+        after = patched(review, response)  # the patch applies to the object it was made for
+        assert after["kind"] == name
