@@ -79,8 +79,12 @@ def webhook() -> Iterator[Webhook]:
     engine_context = open_engine(config)
     engine = loop.run_until_complete(engine_context.__aenter__())
     yield Webhook(loop, Admission(engine, config, Metrics()))
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+    async def drain() -> None:  # copies left running in the background
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.gather(*others, return_exceptions=True)
+
+    loop.run_until_complete(drain())
     loop.run_until_complete(engine_context.__aexit__(None, None, None))
     loop.close()
 

@@ -14,11 +14,14 @@ from tqdm import tqdm
 from . import config as config_module
 from .config import Config
 from .engine import open_engine
+from .metrics import Metrics
 from .naming import BackupNameError
 from .reference import InvalidReference, Reference, parse
 from .registry.client import Repository
 from .registry.credentials import CredentialsError
 from .registry.errors import RegistryError
+from .server import ServerError, configure_logging, serve
+from .tls import CertificateError, ReloadingCertificate
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config_module.ConfigError, CredentialsError, InvalidReference, BackupNameError) as exc:
         _fail(str(exc))
         return EXIT_USAGE
-    except RegistryError as exc:
+    except (RegistryError, ServerError, CertificateError) as exc:
         _fail(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -80,6 +83,29 @@ async def _resolve(args: argparse.Namespace, config: Config) -> int:
     deadline = time.monotonic() + config.copy_settings.timeout_seconds
     async with open_engine(config) as engine:
         print(await engine.resolve(ref, deadline=deadline))
+    return 0
+
+
+async def _serve(args: argparse.Namespace, config: Config) -> int:
+    """The webhook: serve until SIGTERM, then finish the reviews in flight."""
+    from .admission.handler import Admission  # imported here: only `serve` needs it
+
+    configure_logging()
+    settings = config.server
+    # The certificate first: a missing one is the commonest deployment mistake, and it needs
+    # no registry to report.
+    certificate = ReloadingCertificate(settings.cert_file, settings.key_file)
+    certificate.load()
+    metrics = Metrics()
+    async with open_engine(config) as engine:
+        reviewer = Admission(engine, config, metrics)
+        await serve(
+            reviewer,
+            metrics,
+            certificate,
+            port=settings.port,
+            max_body_bytes=settings.max_body_bytes,
+        )
     return 0
 
 
@@ -141,4 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     resolve.add_argument("reference", metavar="REF")
     resolve.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
     resolve.set_defaults(command=_resolve)
+
+    serve_command = commands.add_parser(
+        "serve", help="run the admission webhook (HTTPS) until SIGTERM"
+    )
+    serve_command.add_argument(
+        "--config", metavar="FILE", required=True, help="configuration file (YAML)"
+    )
+    serve_command.set_defaults(command=_serve)
     return parser

@@ -17,6 +17,7 @@ __all__ = [
     "TLSFiles",
     "client_ssl_context",
     "generate_tls",
+    "issue_server_certificate",
     "load_private_key",
     "self_signed_certificate",
     "server_ssl_context",
@@ -34,6 +35,7 @@ class TLSFiles:
     cert_file: str  # server.crt (leaf only)
     key_file: str  # server.key (PKCS#8, unencrypted)
     directory: str
+    ca_key_file: str = ""  # ca.key, for issue_server_certificate
 
 
 def _now() -> datetime.datetime:
@@ -99,7 +101,7 @@ def self_signed_certificate(
 
 
 def generate_tls(directory: str) -> TLSFiles:
-    """Write ``ca.crt``, ``server.crt`` and ``server.key`` into ``directory``.
+    """Write ``ca.crt``, ``ca.key``, ``server.crt`` and ``server.key`` into ``directory``.
 
     The server certificate is valid for ``127.0.0.1`` (IP SAN), ``::1`` and ``localhost``.
     Files already present are reused, so calling this twice on one directory is cheap.
@@ -110,18 +112,53 @@ def generate_tls(directory: str) -> TLSFiles:
         cert_file=os.path.join(directory, "server.crt"),
         key_file=os.path.join(directory, "server.key"),
         directory=directory,
+        ca_key_file=os.path.join(directory, "ca.key"),
     )
-    if all(os.path.exists(p) for p in (files.ca_file, files.cert_file, files.key_file)):
+    paths = (files.ca_file, files.cert_file, files.key_file, files.ca_key_file)
+    if all(os.path.exists(p) for p in paths):
         return files
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = self_signed_certificate(ca_key, "image-backup-webhook test CA", ca=True)
-
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = _server_certificate(key, ca_cert, ca_key, "127.0.0.1")
+
+    _write(files.key_file, _key_pem(key), 0o600)
+    _write(files.cert_file, cert.public_bytes(serialization.Encoding.PEM))
+    _write(files.ca_file, ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write(files.ca_key_file, _key_pem(ca_key), 0o600)
+    return files
+
+
+def issue_server_certificate(
+    files: TLSFiles, cert_file: str, key_file: str, *, common_name: str = "127.0.0.1"
+) -> int:
+    """Write a fresh key and loopback server certificate from the CA of ``files``.
+
+    For certificate rotation: it is trusted like the first one but has its own key and
+    serial number, which is returned.
+    """
+    with open(files.ca_file, "rb") as f:
+        ca_cert = x509.load_pem_x509_certificate(f.read())
+    ca_key = load_private_key(files.ca_key_file)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _server_certificate(key, ca_cert, ca_key, common_name)
+    _write(key_file, _key_pem(key), 0o600)
+    _write(cert_file, cert.public_bytes(serialization.Encoding.PEM))
+    return cert.serial_number
+
+
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+) -> x509.Certificate:
+    """Valid for ``127.0.0.1`` (IP SAN), ``::1`` and ``localhost``."""
     now = _now()
-    cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -160,11 +197,6 @@ def generate_tls(directory: str) -> TLSFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
-
-    _write(files.key_file, _key_pem(key), 0o600)
-    _write(files.cert_file, cert.public_bytes(serialization.Encoding.PEM))
-    _write(files.ca_file, ca_cert.public_bytes(serialization.Encoding.PEM))
-    return files
 
 
 def client_ssl_context(ca_file: str) -> ssl.SSLContext:

@@ -111,7 +111,7 @@ class Admission:
             if not dry_run:
                 # Held here so a copy outliving its request is not garbage collected.
                 self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                task.add_done_callback(self._finished_in_background)
         await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - time.monotonic()))
         results: dict[str, CopyResult | BaseException | None] = {}
         for pointer, task in tasks.items():
@@ -124,6 +124,11 @@ class Admission:
             else:
                 results[pointer] = task.exception() or task.result()
         return results
+
+    def _finished_in_background(self, task: asyncio.Task[CopyResult | None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # counted in the metrics already; the next request reports it
 
     async def _copy(self, source: Reference) -> CopyResult:
         started = time.monotonic()

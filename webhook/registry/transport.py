@@ -281,5 +281,9 @@ async def _registry_message(response: aiohttp.ClientResponse) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Its own text drags in the repr of our SSL context.
+        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+        return f"cannot connect to {exc.host}:{exc.port}: {reason}"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]

@@ -1,0 +1,325 @@
+"""The HTTPS server the API server calls: admission endpoints, probes and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import signal
+import sys
+import time
+from typing import Literal, Protocol, TextIO
+
+import orjson
+from aiohttp import web
+
+from .admission.errors import BadReview
+from .metrics import Metrics
+from .tls import CertificateError, ReloadingCertificate
+
+__all__ = [
+    "CertificateError",
+    "Mode",
+    "Reviewer",
+    "ServerError",
+    "WebhookServer",
+    "build_app",
+    "configure_logging",
+    "serve",
+]
+
+log = logging.getLogger("image_backup.server")
+
+Mode = Literal["enforce", "audit"]
+
+INTERNAL_ERROR = "internal error while reviewing the request (see the webhook's log)"
+
+
+class Reviewer(Protocol):
+    async def review(self, body: bytes, mode: Mode) -> bytes:
+        """The AdmissionReview response JSON; raises BadReview for input it cannot review."""
+        ...
+
+    async def backup_registry_answers(self) -> bool: ...
+
+
+class ServerError(Exception):
+    """The server cannot start (certificate, address in use); the message is one line."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Readiness:
+    """Ready once the certificate is loaded and the backup registry answered once.
+
+    Probes come every few seconds from every kubelet; until the registry has answered, at
+    most one question is in flight and a new one is asked only `retry_seconds` after the last.
+    A probe waits `wait_seconds` at most (the kubelet's own timeout is short); a slow answer
+    still counts for the next probe.
+    """
+
+    def __init__(
+        self,
+        reviewer: Reviewer,
+        certificate: ReloadingCertificate | None,
+        *,
+        retry_seconds: float,
+        wait_seconds: float = 0.8,
+        ask_timeout: float = 10.0,
+    ) -> None:
+        self._reviewer = reviewer
+        self._certificate = certificate
+        self._retry_seconds = retry_seconds
+        self._wait_seconds = wait_seconds
+        self._ask_timeout = ask_timeout
+        self._ready = False
+        self._reason = "the backup registry has not answered yet"
+        self._asked_at = -float("inf")
+        self._asking: asyncio.Task[None] | None = None
+
+    async def check(self) -> str | None:
+        """None when ready, else why not."""
+        if self._ready:
+            return None
+        if self._certificate is not None and not self._certificate.loaded:
+            return "the TLS certificate is not loaded"
+        now = time.monotonic()
+        if self._asking is None and now - self._asked_at >= self._retry_seconds:
+            self._asked_at = now
+            self._asking = asyncio.create_task(self._ask())
+        if self._asking is not None:
+            await asyncio.wait({self._asking}, timeout=self._wait_seconds)
+        return None if self._ready else self._reason
+
+    async def _ask(self) -> None:
+        try:
+            async with asyncio.timeout(self._ask_timeout):
+                self._ready = await self._reviewer.backup_registry_answers()
+            if not self._ready:
+                self._reason = "the backup registry does not answer"
+        except TimeoutError:
+            self._reason = "the backup registry does not answer (timed out)"
+        except Exception as exc:
+            self._reason = f"asking the backup registry failed: {type(exc).__name__}"
+            log.warning(_event("readiness_check_failed", error=_one_line(exc)))
+        finally:
+            self._asking = None
+
+    async def close(self, _app: web.Application | None = None) -> None:
+        if self._asking is not None:
+            self._asking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._asking
+
+
+def build_app(
+    reviewer: Reviewer,
+    metrics: Metrics,
+    *,
+    max_body_bytes: int,
+    certificate: ReloadingCertificate | None = None,
+    readiness_retry_seconds: float = 5.0,
+) -> web.Application:
+    """The routes; TLS is the caller's (see WebhookServer)."""
+    readiness = _Readiness(reviewer, certificate, retry_seconds=readiness_retry_seconds)
+
+    async def read_body(request: web.Request) -> bytes:
+        """At most max_body_bytes, whatever the client declares or streams."""
+        if request.content_length is not None and request.content_length > max_body_bytes:
+            raise _TooLarge
+        body = bytearray()
+        while chunk := await request.content.read(max_body_bytes + 1 - len(body)):
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise _TooLarge
+        return bytes(body)
+
+    async def review(request: web.Request, mode: Mode) -> web.Response:
+        try:
+            body = await read_body(request)
+        except _TooLarge:
+            response = _text(413, f"request body larger than {max_body_bytes} bytes")
+            response.force_close()  # the rest of the body is discarded, not read into memory
+            return response
+        try:
+            answer = await reviewer.review(body, mode)
+        except BadReview as exc:
+            # Only a bug may answer 5xx: a BadReview is always the client's fault.
+            status = exc.status if 400 <= exc.status < 500 else 400
+            return _text(status, exc.reason)
+        except Exception as exc:
+            log.error(_event("review_failed", mode=mode, error=type(exc).__name__), exc_info=exc)
+            return _text(500, INTERNAL_ERROR)
+        return web.Response(body=answer, content_type="application/json")
+
+    async def mutate(request: web.Request) -> web.Response:
+        return await review(request, "enforce")
+
+    async def audit(request: web.Request) -> web.Response:
+        return await review(request, "audit")
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return _text(200, "ok")
+
+    async def readyz(_request: web.Request) -> web.Response:
+        reason = await readiness.check()
+        return _text(200, "ok") if reason is None else _text(503, reason)
+
+    async def metrics_page(_request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application(client_max_size=max_body_bytes)
+    app.router.add_post("/mutate", mutate)
+    app.router.add_post("/audit", audit)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    app.on_cleanup.append(readiness.close)
+    return app
+
+
+class WebhookServer:
+    """The app over TLS on host:port, with the certificate watcher; `start()`, then `stop()`."""
+
+    def __init__(
+        self,
+        reviewer: Reviewer,
+        metrics: Metrics,
+        certificate: ReloadingCertificate,
+        *,
+        port: int,
+        max_body_bytes: int,
+        host: str = "0.0.0.0",
+        readiness_retry_seconds: float = 5.0,
+        shutdown_timeout: float = 25.0,
+    ) -> None:
+        self.certificate = certificate
+        self._host = host
+        self._requested_port = port
+        self._app = build_app(
+            reviewer,
+            metrics,
+            max_body_bytes=max_body_bytes,
+            certificate=certificate,
+            readiness_retry_seconds=readiness_retry_seconds,
+        )
+        # No access log: probes would drown the one line per review the reviewer writes.
+        self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=shutdown_timeout)
+        self._watch: asyncio.Task[None] | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        """Raises CertificateError or ServerError, each with a one-line message."""
+        if not self.certificate.loaded:
+            self.certificate.load()
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self._host, self._requested_port, ssl_context=self.certificate.context
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ServerError(
+                f"cannot listen on {self._host}:{self._requested_port}: {exc.strerror or exc}"
+            ) from None
+        self.port = self._runner.addresses[0][1]
+        self._watch = asyncio.create_task(self.certificate.watch(), name="certificate-watch")
+        log.info(_event("listening", address=f"{self._host}:{self.port}"))
+
+    async def stop(self) -> None:
+        """Stop accepting, let reviews in flight finish (up to shutdown_timeout), close."""
+        if self._watch is None:  # not started, or stopped already
+            return
+        self._watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watch
+        self._watch = None
+        await self._runner.cleanup()
+
+
+async def serve(
+    reviewer: Reviewer,
+    metrics: Metrics,
+    certificate: ReloadingCertificate,
+    *,
+    port: int,
+    max_body_bytes: int,
+    host: str = "0.0.0.0",
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    server = WebhookServer(
+        reviewer, metrics, certificate, port=port, max_body_bytes=max_body_bytes, host=host
+    )
+    try:
+        await server.start()
+        await stopping.wait()
+        log.info(_event("stopping"))
+        await server.stop()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per record; a message that is itself a JSON object is merged in.
+
+    Tracebacks are left out (the exception's type is in the message's own fields): they go
+    to stderr, so nothing multi-line lands in the structured log.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        message = record.getMessage()
+        fields: object = None
+        if message.startswith("{"):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                fields = orjson.loads(message)
+        if isinstance(fields, dict):
+            line.update(fields)
+        else:
+            line["message"] = _one_line(message)
+        return orjson.dumps(line).decode()
+
+
+class _Tracebacks(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return self.formatException(record.exc_info) if record.exc_info else ""
+
+
+def configure_logging(stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> None:
+    """JSON lines on stdout, one per event; tracebacks on stderr."""
+    events = logging.StreamHandler(stdout)
+    events.setFormatter(_JsonLines())
+    tracebacks = logging.StreamHandler(stderr)
+    tracebacks.setFormatter(_Tracebacks())
+    tracebacks.addFilter(lambda record: record.exc_info is not None)
+    root = logging.getLogger()
+    root.handlers[:] = [events, tracebacks]
+    root.setLevel(logging.INFO)
+
+
+def _text(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, text=_one_line(reason) + "\n")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or "-"
+
+
+def _event(name: str, **fields: str) -> str:
+    return orjson.dumps({"event": name, **fields}).decode()
