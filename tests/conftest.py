@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.admission_helpers import SAMPLE_IMAGES
+from tests.support import images
 from tests.support.accounts import (
     PUSHER,
     PUSHER_PASSWORD,
@@ -204,3 +206,15 @@ def unique_repo(request: pytest.FixtureRequest) -> str:
     """A fresh repository name: ``t/<test-name-slug>-<random>``."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     return f"t/{slug or 'test'}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def hub(plain_registry: Registry, session_tmp: str) -> dict[str, images.Image]:
+    """The samples' Docker Hub images, pushed into the local stand-in for Docker Hub."""
+    pushed = {}
+    for seed, (name, layers) in enumerate(SAMPLE_IMAGES.items(), start=900):
+        repository, tag = name.split(":")
+        image = images.make_image(f"{session_tmp}/hub", layers, seed=seed, fmt="docker")
+        images.push(plain_registry.backdoor_url, repository, tag, image)
+        pushed[name] = image
+    return pushed

@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from tests.admission_helpers import (
-    SAMPLE_IMAGES,
     body,
     images_of,
     patched,
@@ -33,18 +32,6 @@ from webhook.engine import open_engine
 from webhook.metrics import Metrics
 
 ORIGINALS = "image-backup.io/original-images"
-
-
-@pytest.fixture(scope="session")
-def hub(plain_registry: Registry, session_tmp: str) -> dict[str, images.Image]:
-    """The samples' Docker Hub images, pushed into the local stand-in for Docker Hub."""
-    pushed = {}
-    for seed, (name, layers) in enumerate(SAMPLE_IMAGES.items(), start=900):
-        repository, tag = name.split(":")
-        image = images.make_image(f"{session_tmp}/hub", layers, seed=seed, fmt="docker")
-        images.push(plain_registry.backdoor_url, repository, tag, image)
-        pushed[name] = image
-    return pushed
 
 
 def hub_config(backup: Registry, docker_hub: str, **settings: Any) -> Config:

@@ -16,6 +16,7 @@ from .config import Config
 from .engine import open_engine
 from .metrics import Metrics
 from .naming import BackupNameError
+from .offline import ManifestError
 from .reference import InvalidReference, Reference, parse
 from .registry.client import Repository
 from .registry.credentials import CredentialsError
@@ -50,7 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _config(args)
         return _run(args.command(args, config))
-    except (config_module.ConfigError, CredentialsError, InvalidReference, BackupNameError) as exc:
+    except (
+        config_module.ConfigError,
+        CredentialsError,
+        InvalidReference,
+        BackupNameError,
+        ManifestError,
+    ) as exc:
         _fail(str(exc))
         return EXIT_USAGE
     except (RegistryError, ServerError, CertificateError) as exc:
@@ -109,6 +116,42 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def _review(args: argparse.Namespace, config: Config) -> int:
+    """Manifests on disk through the same decisions as admission (enforce really copies)."""
+    from .admission.handler import Admission
+    from .offline import dump_documents, load_documents, review_documents
+
+    inputs = [(name, _read_input(name)) for name in args.files or ["-"]]
+    parsed = [(name, load_documents(name, text)) for name, text in inputs]
+    documents, notes, denials = [], [], []
+    async with open_engine(config) as engine:
+        admission = Admission(engine, config, Metrics())
+        for name, docs in parsed:
+            report = await review_documents(admission, name, docs, args.mode)
+            documents.extend(report.documents)
+            notes.extend(report.notes)
+            denials.extend(report.denials)
+    if args.mode == "audit":
+        print("\n".join([*notes, *denials]) or "nothing to back up")
+        return 0
+    for line in [*notes, *denials]:
+        print(line, file=sys.stderr)
+    if denials:
+        return EXIT_FAILED  # no manifests printed: half-rewritten output is worse than none
+    print(dump_documents(documents), end="")
+    return 0
+
+
+def _read_input(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        with open(name) as file:
+            return file.read()
+    except OSError as exc:
+        raise ManifestError(f"cannot read {name}: {exc.strerror}") from None
+
+
 def _target(text: str, source: Reference) -> tuple[Repository, str | None]:
     """`--to REPO[:TAG]`: without a tag of its own the target keeps the source's tag."""
     target = parse(text)
@@ -127,6 +170,8 @@ def _config(args: argparse.Namespace) -> Config:
     to = getattr(args, "to", None)
     if args.command is _copy and to is None:
         raise config_module.ConfigError("copy needs --config (for the backup registry) or --to")
+    if args.command is _review:
+        raise config_module.ConfigError("review needs --config (for the backup registry)")
     host = parse(to).registry if to else "localhost"
     return config_module.parse({"backupRegistry": {"host": host}}, "defaults")
 
@@ -175,4 +220,20 @@ def _parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", required=True, help="configuration file (YAML)"
     )
     serve_command.set_defaults(command=_serve)
+
+    review = commands.add_parser(
+        "review",
+        help="rewrite (enforce) or report on (audit) manifests on disk, as admission would",
+    )
+    review.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        dest="files",
+        metavar="FILE",
+        help="manifest file (multi-document YAML, kind: List), - for standard input; repeatable",
+    )
+    review.add_argument("--mode", choices=["enforce", "audit"], default="enforce")
+    review.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
+    review.set_defaults(command=_review)
     return parser
