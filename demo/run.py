@@ -1,17 +1,28 @@
-"""`make demo`: back up a generated image from one local registry into another.
+"""`make demo`: back up images the way the webhook does, with everything local.
 
-Starts two throw-away Distribution registries on loopback (a plain-HTTP source,
-and a backup registry with TLS and a password), pushes a generated image into
-the source, runs `image-backup copy`, and has skopeo confirm the backup's digest.
+Starts two throw-away Distribution registries on loopback (a plain-HTTP source
+standing in for Docker Hub, and a backup registry with TLS and a password) and
+pushes generated images into the source. Then:
+1. `image-backup copy` backs up one image; skopeo confirms the backup's digest;
+2. `image-backup serve` runs the webhook over TLS with a generated certificate, and
+   a Deployment AdmissionReview goes to /audit and to /mutate: the warnings and
+   the JSON patch are printed, and skopeo checks every backup the patch points at.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
+import signal
+import ssl
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -19,7 +30,39 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support import images, skopeo  # noqa: E402
-from tests.support.registries import start_registry  # noqa: E402
+from tests.support.registries import Registry, free_port, start_registry  # noqa: E402
+from tests.support.tls import generate_tls  # noqa: E402
+
+DEPLOYMENT_REVIEW = {
+    "apiVersion": "admission.k8s.io/v1",
+    "kind": "AdmissionReview",
+    "request": {
+        "uid": "6f1c1c1e-demo-4d9e-9a51-000000000001",
+        "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+        "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+        "name": "web",
+        "namespace": "shop",
+        "operation": "CREATE",
+        "dryRun": False,
+        "object": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "containers": [
+                            {"name": "web", "image": "nginx:1.25"},
+                            {"name": "sidecar", "image": "busybox:1.36"},
+                        ]
+                    },
+                },
+            },
+        },
+    },
+}
 
 
 def step(text: str) -> None:
@@ -108,10 +151,108 @@ def main() -> int:
             print(f"    {shown}")
             agreed = skopeo.inspect_raw_digest(backup, repository_and_tag) == index.digest
             print(f"    skopeo digest {'==' if agreed else '!='} source digest {index.digest}")
-            return 0 if agreed and pinned.endswith(index.digest) else 1
+            if not (agreed and pinned.endswith(index.digest)):
+                return 1
+            return admission(work, source, backup)
         finally:
             source.close()
             backup.close()
+
+
+def admission(work: str, source: Registry, backup: Registry) -> int:
+    step("pushing nginx:1.25 and busybox:1.36 into the source, which stands in for Docker Hub")
+    for seed, (name, layers) in enumerate(
+        {"nginx:1.25": [2_000_000], "busybox:1.36": [700_000]}.items()
+    ):
+        repository, tag = name.split(":")
+        image = images.make_image(f"{work}/images", layers, seed=10 + seed, fmt="docker")
+        images.push(source.backdoor_url, f"library/{repository}", tag, image)
+    tls = generate_tls(f"{work}/webhook-tls")
+    port = free_port()
+    config = Path(work, "webhook.yaml")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": port, "certFile": tls.cert_file, "keyFile": tls.key_file},
+                "backupRegistry": {
+                    "host": backup.host,
+                    "prefix": "mirror",
+                    "caFile": backup.ca_file,
+                },
+                "registries": [{"host": "docker.io", "endpoint": source.url, "insecure": True}],
+                "credentials": {"dockerConfig": backup.docker_config},
+            },
+            sort_keys=False,
+        )
+    )
+    step(f"$ image-backup serve --config {config}   (TLS certificate from a throw-away CA)")
+    with Path(work, "webhook.log").open("wb") as log:  # the child keeps its own descriptor
+        server = subprocess.Popen(
+            [sys.executable, "-m", "webhook", "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        wait_ready(url, context, server)
+        print(f"    {url}/readyz: ready")
+        body = json.dumps(DEPLOYMENT_REVIEW).encode()
+
+        step("POST /audit  (a Deployment using nginx:1.25 and busybox:1.36)")
+        audit = post(url + "/audit", body, context)
+        print(f"    allowed: {audit['allowed']}, patch: {'patch' in audit}")
+        for warning in audit.get("warnings", []):
+            print(f"    warning: {warning}")
+        print(f"    audit annotations: {audit.get('auditAnnotations')}")
+
+        step("POST /mutate (enforce: copies first, then answers)")
+        started = time.monotonic()
+        mutate = post(url + "/mutate", body, context)
+        print(f"    answered in {time.monotonic() - started:.2f}s, allowed: {mutate['allowed']}")
+        for warning in mutate.get("warnings", []):
+            print(f"    warning: {warning}")
+        patch = json.loads(base64.b64decode(mutate["patch"]))
+        print("    JSON patch:")
+        for operation in patch:
+            print(f"      {json.dumps(operation)}")
+
+        step("skopeo inspect of every image the patch points at")
+        ok = True
+        for operation in patch:
+            if not operation["path"].endswith("/image"):
+                continue
+            reference = operation["value"]
+            repository_and_digest = (
+                reference.split("/", 1)[1].split(":", 1)[0] + "@" + reference.split("@")[1]
+            )
+            digest = skopeo.inspect_raw_digest(backup, repository_and_digest)
+            ok &= digest == reference.split("@")[1]
+            print(f"    {reference}\n      skopeo: {digest} {'ok' if ok else 'MISMATCH'}")
+        return 0 if ok and mutate["allowed"] else 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def wait_ready(url: str, context: ssl.SSLContext, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/readyz", context=context, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the webhook did not become ready")
+
+
+def post(url: str, body: bytes, context: ssl.SSLContext) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, context=context, timeout=60) as answer:
+        response: dict[str, Any] = json.loads(answer.read())["response"]
+        return response
 
 
 if __name__ == "__main__":
