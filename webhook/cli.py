@@ -14,6 +14,7 @@ from tqdm import tqdm
 from . import config as config_module
 from .config import Config
 from .engine import open_engine
+from .events import EventLog
 from .metrics import Metrics
 from .naming import BackupNameError
 from .offline import ManifestError
@@ -105,7 +106,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     certificate.load()
     metrics = Metrics()
     async with open_engine(config) as engine:
-        reviewer = Admission(engine, config, metrics)
+        reviewer = Admission(engine, config, metrics, EventLog())
         await serve(
             reviewer,
             metrics,

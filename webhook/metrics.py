@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -60,5 +62,18 @@ class Metrics:
             registry=self.registry,
         )
 
+    def children(self) -> Children:
+        return Children(self)
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class Children:
+    """Labelled series looked up once each: `labels()` costs more than the increment."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.admission = lru_cache(maxsize=1024)(metrics.admissions.labels)
+        self.latency = lru_cache(maxsize=8)(metrics.admission_seconds.labels)
+        self.image = lru_cache(maxsize=64)(metrics.images.labels)
+        self.cache_hit = metrics.cache_hits

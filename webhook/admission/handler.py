@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -12,6 +11,7 @@ from typing import Literal
 import orjson
 
 from ..config import Config
+from ..events import EventLog
 from ..metrics import Metrics
 from ..reference import Reference
 from ..registry.client import Repository
@@ -29,8 +29,6 @@ WOULD_BACK_UP = "image-backup.io/would-back-up"
 MAX_WARNING = 255
 STILL_COPYING = "still copying into the backup registry, retry shortly"
 
-log = logging.getLogger("image_backup.admission")
-
 
 @dataclass(slots=True)
 class _Outcome:
@@ -47,14 +45,22 @@ class _Outcome:
 
 
 class Admission:
-    def __init__(self, engine: CopyEngine, config: Config, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        engine: CopyEngine,
+        config: Config,
+        metrics: Metrics,
+        events: EventLog | None = None,
+    ) -> None:
         self._engine = engine
+        self._events = events  # None: no event lines (offline review prints manifests instead)
         self._metrics = metrics
         self._budget = config.admission_budget_seconds
         self._copy_timeout = config.copy_settings.timeout_seconds
         self._allow_on_failure = config.on_failure == "allow"
         self._excluded_namespaces = tuple(config.exclude.namespaces)
         self._planner = Planner(engine, config.exclude.images)
+        self._counters = metrics.children()
         self._background: set[asyncio.Task[CopyResult | None]] = set()
 
     async def backup_registry_answers(self) -> bool:
@@ -158,7 +164,7 @@ class Admission:
             return
         if plan.action is Action.REWRITE:
             assert plan.backup is not None
-            self._metrics.cache_hits.inc()
+            self._counters.cache_hit.inc()
             result = plan.backup
         elif plan.action is Action.INVALID:
             result = ValueError(plan.problem)
@@ -234,28 +240,27 @@ class Admission:
         elapsed: float,
     ) -> None:
         decision = "denied" if not answer.allowed else ("patched" if answer.patch else "allowed")
-        self._metrics.admissions.labels(mode, request.kind, request.operation, decision).inc()
-        self._metrics.admission_seconds.labels(mode).observe(elapsed)
+        self._counters.admission(mode, request.kind, request.operation, decision).inc()
+        self._counters.latency(mode).observe(elapsed)
         for what, number in outcome.counts.items():
-            self._metrics.images.labels(what).inc(number)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                orjson.dumps(
-                    {
-                        "uid": request.uid,
-                        "mode": mode,
-                        "dryRun": request.dry_run,
-                        "kind": request.kind,
-                        "operation": request.operation,
-                        "object": request.display_name,
-                        "images": outcome.counts,
-                        "rewritten": {p: new for p, (_, _, new) in outcome.rewrites.items()},
-                        "failures": outcome.failures,
-                        "decision": decision,
-                        "durationMs": round(elapsed * 1000, 3),
-                    }
-                ).decode()
-            )
+            self._counters.image(what).inc(number)
+        if self._events is None:
+            return
+        self._events.write(
+            {
+                "uid": request.uid,
+                "mode": mode,
+                "dryRun": request.dry_run,
+                "kind": request.kind,
+                "operation": request.operation,
+                "object": request.display_name,
+                "images": outcome.counts,
+                "rewritten": {p: new for p, (_, _, new) in outcome.rewrites.items()},
+                "failures": outcome.failures,
+                "decision": decision,
+                "durationMs": round(elapsed * 1000, 3),
+            }
+        )
 
 
 def _excluded(

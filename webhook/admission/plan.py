@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from ..naming import BackupNameError, Scheme
 from ..reference import InvalidReference, Reference, parse
+from ..registry.client import Repository
 from ..registry.copy import CopyEngine, CopyResult
 from .pods import ImageField
 
@@ -42,6 +43,7 @@ class _Reading:
     source: Reference | None
     action: Action | None  # decided already (excluded, a backup, invalid), or None
     problem: str | None = None
+    target: Repository | None = None  # where its backup goes
 
 
 class Planner:
@@ -62,7 +64,7 @@ class Planner:
                 )
                 continue
             assert reading.source is not None
-            cached = self._engine.cached(reading.source)
+            cached = self._engine.cached(reading.source, reading.target)
             if cached is not None:
                 plans.append(ImagePlan(field, Action.REWRITE, reading.source, cached))
             else:
@@ -79,7 +81,7 @@ class Planner:
         if self._scheme.is_backup(source):
             return _Reading(source, Action.ALREADY_BACKED_UP)
         try:
-            self._scheme.repository_for(source)
+            target = self._engine.target_for(source)
         except BackupNameError as exc:
             return _Reading(source, Action.INVALID, str(exc))
-        return _Reading(source, None)
+        return _Reading(source, None, target=target)

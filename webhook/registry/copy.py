@@ -104,7 +104,9 @@ class CopyEngine:
         self._known = KnownBlobs()
         self._trees: SingleFlight[tuple[str, Repository], _Tree] = SingleFlight()
         self._blobs: SingleFlight[tuple[str, Repository], BlobOutcome] = SingleFlight()
-        self._results: ExpiringCache[tuple[str, str], CopyResult] = ExpiringCache(cache_entries)
+        self._results: ExpiringCache[tuple[Reference, Repository, str | None], CopyResult] = (
+            ExpiringCache(cache_entries)
+        )
 
     @property
     def scheme(self) -> Scheme:
@@ -114,12 +116,13 @@ class CopyEngine:
         """Where the naming scheme puts the backup of `source`."""
         return Repository(self.scheme.host, self.scheme.repository_for(source))
 
-    def cached(self, source: Reference) -> CopyResult | None:
-        """A fresh cached backup of `source`, without any I/O: the admission hot path."""
-        hit = self._results.get(_cache_key(source, self.target_for(source), source.tag))
-        if hit is None or not hit[1]:
-            return None
-        return replace(hit[0], from_cache=True)
+    def cached(self, source: Reference, target: Repository | None = None) -> CopyResult | None:
+        """A fresh cached backup of `source`, without any I/O: the admission hot path.
+
+        `target` saves working out the backup name again when the caller knows it.
+        """
+        hit = self._results.get((source, target or self.target_for(source), source.tag))
+        return hit[0] if hit is not None and hit[1] else None
 
     async def backup_registry_answers(self, *, deadline: float) -> bool:
         return await self._client.answers(self.scheme.host, deadline=deadline)
@@ -150,10 +153,10 @@ class CopyEngine:
         self, source: Reference, target: Repository, *, tag: str | None, deadline: float
     ) -> CopyResult:
         """Copy `source` into the `target` repository, tagged `tag` if given."""
-        key = _cache_key(source, target, tag)
+        key = (source, target, tag)
         hit = self._results.get(key)
         if hit is not None and hit[1]:
-            return replace(hit[0], from_cache=True)
+            return hit[0]
         # A stale or missing entry: ask the registries again rather than trust memory.
         digest = await self.resolve(source, deadline=deadline)
         if not digest.startswith("sha256:"):
@@ -167,7 +170,8 @@ class CopyEngine:
             await self._ensure_tag(target, tag, digest, tree.manifest, deadline)
         backup = Reference(target.host, target.path, tag, digest)
         result = CopyResult(source, backup, tree.stats, already_backed_up=tree.manifest is None)
-        self._results.put(key, result, ttl=None if source.digest else self._tag_ttl)
+        ttl = None if source.digest else self._tag_ttl
+        self._results.put(key, replace(result, from_cache=True), ttl=ttl)
         return result
 
     async def _copy_tree(
@@ -331,10 +335,6 @@ class _VerifiedStream:
 
 def _repo(ref: Reference) -> Repository:
     return Repository(ref.registry, ref.repository)
-
-
-def _cache_key(source: Reference, target: Repository, tag: str | None) -> tuple[str, str]:
-    return str(source), f"{target}:{tag or ''}"
 
 
 async def _all(work: Iterable[Coroutine[Any, Any, None]]) -> None:
