@@ -210,7 +210,7 @@ async def test_audit_reports_without_copying_or_patching(
         f"would back up nginx:1.25 as {prefix}/nginx:1.25",
         f"would back up busybox:1.36 as {prefix}/busybox:1.36",
     ]
-    assert json.loads(response["auditAnnotations"]["image-backup.io/would-back-up"]) == [
+    assert json.loads(response["auditAnnotations"]["would-back-up"]) == [
         "nginx:1.25",
         "busybox:1.36",
     ]

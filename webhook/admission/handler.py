@@ -25,7 +25,10 @@ from .review import AdmissionRequest, AdmissionResponse, encode_response, parse_
 Mode = Literal["enforce", "audit"]
 
 SKIP_ANNOTATION = "image-backup.io/skip"
-WOULD_BACK_UP = "image-backup.io/would-back-up"
+# The API server prefixes audit annotation keys with the webhook's name and drops keys
+# that are not qualified names; a webhook named image-backup.io yields the audit
+# annotation "image-backup.io/would-back-up".
+WOULD_BACK_UP = "would-back-up"
 MAX_WARNING = 255
 STILL_COPYING = "still copying into the backup registry, retry shortly"
 
