@@ -353,3 +353,35 @@ async def test_malformed_reviews_are_refused_with_one_line(
             await webhook.review(payload, "enforce")
     assert caught.value.status == 400
     assert reason in caught.value.reason and "\n" not in caught.value.reason
+
+
+async def test_a_remembered_answer_expires_with_the_tag_it_was_built_on(
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    image_cache: str,
+    fault_proxy: FaultProxyFactory,
+) -> None:
+    source = fault_proxy(plain_registry)
+    moving = images.make_image(image_cache, [5_000], seed=950, fmt="oci")
+    images.push(plain_registry.backdoor_url, "library/alpine", "edge", hub["library/alpine:3.19"])
+    config = hub_config(basic_registry, source.url)
+    config = config.model_copy(
+        update={"copy_settings": config.copy_settings.model_copy(update={"tag_cache_seconds": 0.5})}
+    )
+    review = sample("pod-create-bare")
+    pod_spec(review["request"]["object"])["containers"][0]["image"] = "alpine:edge"
+    async with admission(config) as (webhook, metrics):
+        first = response_of(await webhook.review(body(review), "enforce"), review)
+        source.clear_log()
+        again = with_object(review, review["request"]["object"])
+        remembered = response_of(await webhook.review(body(again), "enforce"), again)
+        assert source.log == []  # answered from memory
+        images.push(plain_registry.backdoor_url, "library/alpine", "edge", moving)
+        await asyncio.sleep(0.6)
+        later = with_object(review, review["request"]["object"])
+        revalidated = response_of(await webhook.review(body(later), "enforce"), later)
+
+    assert remembered["patch"] == first["patch"]
+    assert images_of(pod_spec(patched(later, revalidated)))["main"].endswith(moving.digest)
+    assert "image_backup_cache_hits_total 1.0" in metrics.render()[0].decode()

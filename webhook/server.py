@@ -48,10 +48,6 @@ class ServerError(Exception):
     """The server cannot start (certificate, address in use); the message is one line."""
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class _Readiness:
     """Ready once the certificate is loaded and the backup registry answered once.
 
@@ -126,21 +122,14 @@ def build_app(
     """The routes; TLS is the caller's (see WebhookServer)."""
     readiness = _Readiness(reviewer, certificate, retry_seconds=readiness_retry_seconds)
 
-    async def read_body(request: web.Request) -> bytes:
-        """At most max_body_bytes, whatever the client declares or streams."""
-        if request.content_length is not None and request.content_length > max_body_bytes:
-            raise _TooLarge
-        body = bytearray()
-        while chunk := await request.content.read(max_body_bytes + 1 - len(body)):
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise _TooLarge
-        return bytes(body)
-
     async def review(request: web.Request, mode: Mode) -> web.Response:
         try:
-            body = await read_body(request)
-        except _TooLarge:
+            # A declared length is refused before reading; aiohttp's client_max_size
+            # cuts off a streamed body at the limit.
+            if (request.content_length or 0) > max_body_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_body_bytes, request.content_length or 0)
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
             response = _text(413, f"request body larger than {max_body_bytes} bytes")
             response.force_close()  # the rest of the body is discarded, not read into memory
             return response

@@ -6,7 +6,7 @@ import asyncio
 import fnmatch
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -14,12 +14,13 @@ from ..config import Config
 from ..events import EventLog
 from ..metrics import Metrics
 from ..reference import Reference
+from ..registry.cache import ExpiringCache
 from ..registry.client import Repository
 from ..registry.copy import CopyEngine, CopyResult
 from ..registry.errors import RegistryError
-from .patch import build_patch
+from .patch import ORIGINAL_IMAGES, build_patch
 from .plan import Action, ImagePlan, Planner
-from .pods import image_fields
+from .pods import ImageField, image_fields
 from .review import AdmissionRequest, AdmissionResponse, encode_response, parse_review
 
 Mode = Literal["enforce", "audit"]
@@ -42,9 +43,28 @@ class _Outcome:
     failures: list[str] = field(default_factory=list)
     would_back_up: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    cache_hits: int = 0
+    # A decision made from memory alone can be reused until its earliest cached backup
+    # goes stale; one that needed a registry cannot.
+    from_memory: bool = True
+    valid_until: float | None = None
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def trust_until(self, moment: float | None) -> None:
+        if moment is not None and (self.valid_until is None or moment < self.valid_until):
+            self.valid_until = moment
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """A whole answer made from memory, stored encoded around the request's uid."""
+
+    head: bytes
+    tail: bytes
+    decision: str
+    outcome: _Outcome
 
 
 class Admission:
@@ -61,10 +81,15 @@ class Admission:
         self._budget = config.admission_budget_seconds
         self._copy_timeout = config.copy_settings.timeout_seconds
         self._allow_on_failure = config.on_failure == "allow"
-        self._excluded_namespaces = tuple(config.exclude.namespaces)
+        namespaces = config.exclude.namespaces
+        self._excluded_namespace_names = frozenset(n for n in namespaces if not _is_glob(n))
+        self._excluded_namespace_globs = tuple(n for n in namespaces if _is_glob(n))
         self._planner = Planner(engine, config.exclude.images)
         self._counters = metrics.children()
         self._background: set[asyncio.Task[CopyResult | None]] = set()
+        # Controllers create Pod after Pod from one template: the same images, the same
+        # answer. Keyed by everything the answer depends on besides the uid.
+        self._decisions: ExpiringCache[tuple[object, ...], _Decision] = ExpiringCache(4096)
 
     async def backup_registry_answers(self) -> bool:
         return await self._engine.backup_registry_answers(deadline=time.monotonic() + 5)
@@ -72,30 +97,67 @@ class Admission:
     async def review(self, body: bytes, mode: Mode) -> bytes:
         started = time.perf_counter()
         request = parse_review(body)
-        outcome = _Outcome()
-        answer = await self._answer(request, mode, outcome)
-        elapsed = time.perf_counter() - started
-        self._record(request, mode, answer, outcome, elapsed)
-        return encode_response(request.uid, answer)
-
-    async def _answer(
-        self, request: AdmissionRequest, mode: Mode, outcome: _Outcome
-    ) -> AdmissionResponse:
         obj = request.object
+        outcome = _Outcome()
         if obj is None or request.operation not in ("CREATE", "UPDATE"):
-            return AdmissionResponse()
+            return self._answered(request, mode, AdmissionResponse(), outcome, started)
         fields = image_fields(request.group, request.kind, obj)
         if not fields:
-            return AdmissionResponse()
-        if _excluded(request, obj, self._excluded_namespaces):
-            for _ in fields:
-                outcome.count(Action.EXCLUDED.value)
-            return AdmissionResponse()
+            return self._answered(request, mode, AdmissionResponse(), outcome, started)
+        if self._excluded(request, obj):
+            outcome.counts[Action.EXCLUDED.value] = len(fields)
+            return self._answered(request, mode, AdmissionResponse(), outcome, started)
+        key = _decision_key(request, mode, obj, fields)
+        known = self._decisions.get(key)
+        if known is not None and self._decisions.fresh(known[1]):
+            decision = known[0]
+            self._record(request, mode, decision.decision, decision.outcome, started)
+            return decision.head + orjson.dumps(request.uid) + decision.tail
+        answer = await self._answer(request, mode, obj, fields, outcome)
+        encoded = self._answered(request, mode, answer, outcome, started)
+        if outcome.from_memory:
+            head, tail = encode_response("", answer).split(b'"uid":""', 1)
+            remembered = _Decision(head + b'"uid":', tail, _decision_of(answer), outcome)
+            ttl = None if outcome.valid_until is None else outcome.valid_until - time.monotonic()
+            self._decisions.put(key, remembered, ttl)
+        return encoded
+
+    def _answered(
+        self,
+        request: AdmissionRequest,
+        mode: Mode,
+        answer: AdmissionResponse,
+        outcome: _Outcome,
+        started: float,
+    ) -> bytes:
+        self._record(request, mode, _decision_of(answer), outcome, started)
+        return encode_response(request.uid, answer)
+
+    def _excluded(self, request: AdmissionRequest, obj: dict[str, Any]) -> bool:
+        if request.namespace in self._excluded_namespace_names or any(
+            fnmatch.fnmatchcase(request.namespace, p) for p in self._excluded_namespace_globs
+        ):
+            return True
+        metadata = obj.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        return isinstance(annotations, dict) and annotations.get(SKIP_ANNOTATION) == "true"
+
+    async def _answer(
+        self,
+        request: AdmissionRequest,
+        mode: Mode,
+        obj: dict[str, Any],
+        fields: list[ImageField],
+        outcome: _Outcome,
+    ) -> AdmissionResponse:
         plans = self._planner.plan(fields)
         if mode == "audit":
             return self._audit(request, plans, outcome)
         deadline = time.monotonic() + self._budget
-        results = await self._backups(plans, request.dry_run, deadline)
+        results = {}
+        if any(plan.action is Action.BACK_UP for plan in plans):
+            outcome.from_memory = False
+            results = await self._backups(plans, request.dry_run, deadline)
         for plan in plans:
             self._settle(plan, results.get(plan.field.pointer), request.dry_run, outcome)
         return self._response(obj, outcome)
@@ -167,7 +229,8 @@ class Admission:
             return
         if plan.action is Action.REWRITE:
             assert plan.backup is not None
-            self._counters.cache_hit.inc()
+            outcome.cache_hits += 1
+            outcome.trust_until(plan.valid_until)
             result = plan.backup
         elif plan.action is Action.INVALID:
             result = ValueError(plan.problem)
@@ -211,6 +274,9 @@ class Admission:
         for plan in plans:
             if plan.action in (Action.BACK_UP, Action.REWRITE):
                 assert plan.source is not None
+                outcome.trust_until(plan.valid_until)
+                if plan.action is Action.BACK_UP:
+                    outcome.from_memory = False  # its answer changes once the copy exists
                 target = (
                     str(plan.backup.backup)
                     if plan.backup is not None
@@ -219,7 +285,6 @@ class Admission:
                 outcome.would_back_up.append(plan.field.image)
                 outcome.warnings.append(_warning(f"would back up {plan.field.image} as {target}"))
                 outcome.count("would_back_up")
-                self._metrics.audit_images.labels(request.namespace).inc()
             elif plan.action is Action.INVALID:
                 outcome.warnings.append(
                     _warning(f"could not back up {plan.field.image}: {plan.problem}")
@@ -238,42 +303,70 @@ class Admission:
         self,
         request: AdmissionRequest,
         mode: Mode,
-        answer: AdmissionResponse,
+        decision: str,
         outcome: _Outcome,
-        elapsed: float,
+        started: float,
     ) -> None:
-        decision = "denied" if not answer.allowed else ("patched" if answer.patch else "allowed")
-        self._counters.admission(mode, request.kind, request.operation, decision).inc()
-        self._counters.latency(mode).observe(elapsed)
+        elapsed = time.perf_counter() - started
+        counters = self._counters
+        counters.admission(mode, request.kind, request.operation, decision).inc()
+        counters.latency(mode).observe(elapsed)
         for what, number in outcome.counts.items():
-            self._counters.image(what).inc(number)
+            counters.image(what).inc(number)
+        if outcome.cache_hits:
+            counters.cache_hit.inc(outcome.cache_hits)
+        if mode == "audit" and "would_back_up" in outcome.counts:
+            self._metrics.audit_images.labels(request.namespace).inc(
+                outcome.counts["would_back_up"]
+            )
         if self._events is None:
             return
-        self._events.write(
-            {
-                "uid": request.uid,
-                "mode": mode,
-                "dryRun": request.dry_run,
-                "kind": request.kind,
-                "operation": request.operation,
-                "object": request.display_name,
-                "images": outcome.counts,
-                "rewritten": {p: new for p, (_, _, new) in outcome.rewrites.items()},
-                "failures": outcome.failures,
-                "decision": decision,
-                "durationMs": round(elapsed * 1000, 3),
-            }
-        )
+        event: dict[str, Any] = {
+            "event": "admission",
+            "uid": request.uid,
+            "mode": mode,
+            "kind": request.kind,
+            "operation": request.operation,
+            "object": request.display_name,
+            "images": outcome.counts,
+            "decision": decision,
+            "durationMs": round(elapsed * 1000, 3),
+        }
+        if request.dry_run:
+            event["dryRun"] = True
+        if outcome.rewrites:
+            event["rewritten"] = {pointer: new for pointer, (_, _, new) in outcome.rewrites.items()}
+        if outcome.failures:
+            event["failures"] = outcome.failures
+        self._events.write(event)
 
 
-def _excluded(
-    request: AdmissionRequest, obj: dict[str, object], namespaces: tuple[str, ...]
-) -> bool:
-    if any(fnmatch.fnmatchcase(request.namespace, pattern) for pattern in namespaces):
-        return True
+def _decision_key(
+    request: AdmissionRequest, mode: Mode, obj: dict[str, Any], fields: list[ImageField]
+) -> tuple[object, ...]:
+    """Everything an answer made from memory depends on, the uid aside."""
     metadata = obj.get("metadata")
     annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    return isinstance(annotations, dict) and annotations.get(SKIP_ANNOTATION) == "true"
+    recorded = annotations.get(ORIGINAL_IMAGES) if isinstance(annotations, dict) else None
+    return (
+        mode,
+        request.dry_run,
+        request.group,
+        request.kind,
+        request.namespace,
+        isinstance(metadata, dict),
+        isinstance(annotations, dict),
+        recorded,
+        tuple((f.pointer, f.container, f.image) for f in fields),
+    )
+
+
+def _decision_of(answer: AdmissionResponse) -> str:
+    return "denied" if not answer.allowed else ("patched" if answer.patch else "allowed")
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(character in pattern for character in "*?[")
 
 
 def _unpinned(target: Repository, source: Reference) -> str:

@@ -34,6 +34,7 @@ class ImagePlan:
     source: Reference | None = None
     backup: CopyResult | None = None  # for REWRITE
     problem: str | None = None  # for INVALID
+    valid_until: float | None = None  # for REWRITE: when the cached backup goes stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,10 @@ class Planner:
             assert reading.source is not None
             cached = self._engine.cached(reading.source, reading.target)
             if cached is not None:
-                plans.append(ImagePlan(field, Action.REWRITE, reading.source, cached))
+                result, valid_until = cached
+                plans.append(
+                    ImagePlan(field, Action.REWRITE, reading.source, result, None, valid_until)
+                )
             else:
                 plans.append(ImagePlan(field, Action.BACK_UP, reading.source))
         return plans

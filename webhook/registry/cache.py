@@ -29,14 +29,16 @@ class ExpiringCache(Generic[K, V]):
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
-    def get(self, key: K) -> tuple[V, bool] | None:
-        """The value and whether it is still fresh; stale values are kept for re-validation."""
+    def get(self, key: K) -> tuple[V, float | None] | None:
+        """The value and when it goes stale (None: never); stale ones stay for re-validation."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         self._entries.move_to_end(key)
-        value, expires = entry
-        return value, expires is None or self._clock() < expires
+        return entry
+
+    def fresh(self, expires: float | None) -> bool:
+        return expires is None or self._clock() < expires
 
     def discard(self, key: K) -> None:
         self._entries.pop(key, None)

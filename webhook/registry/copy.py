@@ -116,13 +116,16 @@ class CopyEngine:
         """Where the naming scheme puts the backup of `source`."""
         return Repository(self.scheme.host, self.scheme.repository_for(source))
 
-    def cached(self, source: Reference, target: Repository | None = None) -> CopyResult | None:
-        """A fresh cached backup of `source`, without any I/O: the admission hot path.
+    def cached(
+        self, source: Reference, target: Repository | None = None
+    ) -> tuple[CopyResult, float | None] | None:
+        """A fresh cached backup of `source` and until when it may be trusted (None: for good).
 
-        `target` saves working out the backup name again when the caller knows it.
+        No I/O: this is the admission hot path. `target` saves working out the
+        backup name again when the caller knows it.
         """
         hit = self._results.get((source, target or self.target_for(source), source.tag))
-        return hit[0] if hit is not None and hit[1] else None
+        return hit if hit is not None and self._results.fresh(hit[1]) else None
 
     async def backup_registry_answers(self, *, deadline: float) -> bool:
         return await self._client.answers(self.scheme.host, deadline=deadline)
@@ -131,7 +134,7 @@ class CopyEngine:
         """The backup of `source` if it already exists, found without writing or caching."""
         cached = self.cached(source)
         if cached is not None:
-            return cached
+            return cached[0]
         target = self.target_for(source)
         digest = await self.resolve(source, deadline=deadline)
         found = await self._client.head_manifest(target, anchor_tag(digest), deadline=deadline)
@@ -155,7 +158,7 @@ class CopyEngine:
         """Copy `source` into the `target` repository, tagged `tag` if given."""
         key = (source, target, tag)
         hit = self._results.get(key)
-        if hit is not None and hit[1]:
+        if hit is not None and self._results.fresh(hit[1]):
             return hit[0]
         # A stale or missing entry: ask the registries again rather than trust memory.
         digest = await self.resolve(source, deadline=deadline)
