@@ -106,14 +106,18 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     certificate.load()
     metrics = Metrics()
     async with open_engine(config) as engine:
-        reviewer = Admission(engine, config, metrics, EventLog())
-        await serve(
-            reviewer,
-            metrics,
-            certificate,
-            port=settings.port,
-            max_body_bytes=settings.max_body_bytes,
-        )
+        events = EventLog()
+        reviewer = Admission(engine, config, metrics, events)
+        try:
+            await serve(
+                reviewer,
+                metrics,
+                certificate,
+                port=settings.port,
+                max_body_bytes=settings.max_body_bytes,
+            )
+        finally:
+            events.flush()
     return 0
 
 

@@ -1,38 +1,86 @@
-"""Prometheus metrics: one registry per webhook instance, so tests and replicas stay apart."""
+"""Prometheus metrics: one registry per webhook instance, so tests and replicas stay apart.
+
+What happens once per admission is tallied in plain dictionaries and handed to
+the Prometheus client when it is scraped (a custom collector): the client's own
+counters take a lock on every increment, which costs more than reviewing a Pod
+from memory does.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from bisect import bisect_left
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
 _COPY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+
+
+class AdmissionTally(Collector):
+    """Per-admission counts: admissions, their latency, images by outcome, cache hits."""
+
+    def __init__(self) -> None:
+        self.admissions: dict[tuple[str, str, str, str], int] = {}  # mode, kind, operation, result
+        self.images: dict[str, int] = {}  # outcome
+        self.cache_hits = 0
+        self._latency: dict[str, list[int]] = {}  # mode -> count per bucket (+Inf last)
+        self._latency_sum: dict[str, float] = {}
+
+    def admitted(self, key: tuple[str, str, str, str], seconds: float) -> None:
+        self.admissions[key] = self.admissions.get(key, 0) + 1
+        mode = key[0]
+        buckets = self._latency.get(mode)
+        if buckets is None:
+            buckets = self._latency[mode] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self._latency_sum[mode] = 0.0
+        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum[mode] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        admissions = CounterMetricFamily(
+            "image_backup_admissions",
+            "Admission reviews answered, by kind, operation and result.",
+            labels=["mode", "kind", "operation", "result"],
+        )
+        for labels, count in self.admissions.items():
+            admissions.add_metric(list(labels), count)
+        yield admissions
+        latency = HistogramMetricFamily(
+            "image_backup_admission_duration_seconds",
+            "Time to answer an admission review.",
+            labels=["mode"],
+        )
+        for mode, counts in self._latency.items():
+            cumulative, running = [], 0
+            for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([mode], cumulative, self._latency_sum[mode])
+        yield latency
+        images = CounterMetricFamily(
+            "image_backup_images",
+            "Images seen in admitted objects, by what was done with them.",
+            labels=["outcome"],
+        )
+        for outcome, count in self.images.items():
+            images.add_metric([outcome], count)
+        yield images
+        yield CounterMetricFamily(
+            "image_backup_cache_hits",
+            "Images answered from the result cache, without asking a registry.",
+            value=self.cache_hits,
+        )
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.admissions = Counter(
-            "image_backup_admissions_total",
-            "Admission reviews answered, by kind, operation and result.",
-            ["mode", "kind", "operation", "result"],
-            registry=self.registry,
-        )
-        self.admission_seconds = Histogram(
-            "image_backup_admission_duration_seconds",
-            "Time to answer an admission review.",
-            ["mode"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.images = Counter(
-            "image_backup_images_total",
-            "Images seen in admitted objects, by what was done with them.",
-            ["outcome"],  # rewritten, excluded, already_backed_up, failed, allowed_on_failure
-            registry=self.registry,
-        )
+        self.tally = AdmissionTally()
+        self.registry.register(self.tally)
         self.audit_images = Counter(
             "image_backup_audit_would_back_up_total",
             "Images that enforce mode would back up, by namespace (audit mode).",
@@ -56,24 +104,6 @@ class Metrics:
             buckets=_COPY_BUCKETS,
             registry=self.registry,
         )
-        self.cache_hits = Counter(
-            "image_backup_cache_hits_total",
-            "Images answered from the result cache, without asking a registry.",
-            registry=self.registry,
-        )
-
-    def children(self) -> Children:
-        return Children(self)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class Children:
-    """Labelled series looked up once each: `labels()` costs more than the increment."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.admission = lru_cache(maxsize=1024)(metrics.admissions.labels)
-        self.latency = lru_cache(maxsize=8)(metrics.admission_seconds.labels)
-        self.image = lru_cache(maxsize=64)(metrics.images.labels)
-        self.cache_hit = metrics.cache_hits

@@ -85,7 +85,7 @@ class Admission:
         self._excluded_namespace_names = frozenset(n for n in namespaces if not _is_glob(n))
         self._excluded_namespace_globs = tuple(n for n in namespaces if _is_glob(n))
         self._planner = Planner(engine, config.exclude.images)
-        self._counters = metrics.children()
+        self._tally = metrics.tally
         self._background: set[asyncio.Task[CopyResult | None]] = set()
         # Controllers create Pod after Pod from one template: the same images, the same
         # answer. Keyed by everything the answer depends on besides the uid.
@@ -308,13 +308,11 @@ class Admission:
         started: float,
     ) -> None:
         elapsed = time.perf_counter() - started
-        counters = self._counters
-        counters.admission(mode, request.kind, request.operation, decision).inc()
-        counters.latency(mode).observe(elapsed)
+        tally = self._tally
+        tally.admitted((mode, request.kind, request.operation, decision), elapsed)
         for what, number in outcome.counts.items():
-            counters.image(what).inc(number)
-        if outcome.cache_hits:
-            counters.cache_hit.inc(outcome.cache_hits)
+            tally.images[what] = tally.images.get(what, 0) + number
+        tally.cache_hits += outcome.cache_hits
         if mode == "audit" and "would_back_up" in outcome.counts:
             self._metrics.audit_images.labels(request.namespace).inc(
                 outcome.counts["would_back_up"]
