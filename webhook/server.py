@@ -44,6 +44,9 @@ class Reviewer(Protocol):
     async def backup_registry_answers(self) -> bool: ...
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 class ServerError(Exception):
     """The server cannot start (certificate, address in use); the message is one line."""
 
@@ -142,7 +145,7 @@ def build_app(
         except Exception as exc:
             log.error(_event("review_failed", mode=mode, error=type(exc).__name__), exc_info=exc)
             return _text(500, INTERNAL_ERROR)
-        return web.Response(body=answer, content_type="application/json")
+        return web.Response(body=answer, headers=_JSON)
 
     async def mutate(request: web.Request) -> web.Response:
         return await review(request, "enforce")

@@ -48,9 +48,33 @@ class _Outcome:
     # goes stale; one that needed a registry cannot.
     from_memory: bool = True
     valid_until: float | None = None
+    _event: tuple[tuple[object, ...], dict[str, Any]] | None = None
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def event(self, mode: Mode, request: AdmissionRequest, decision: str) -> dict[str, Any]:
+        """The event line's fields that do not change from one identical request to the next."""
+        key = (mode, request.kind, request.operation, request.dry_run, decision)
+        if self._event is None or self._event[0] != key:
+            fields: dict[str, Any] = {
+                "event": "admission",
+                "mode": mode,
+                "kind": request.kind,
+                "operation": request.operation,
+                "images": self.counts,
+                "decision": decision,
+            }
+            if request.dry_run:
+                fields["dryRun"] = True
+            if self.rewrites:
+                fields["rewritten"] = {
+                    pointer: new for pointer, (_, _, new) in self.rewrites.items()
+                }
+            if self.failures:
+                fields["failures"] = self.failures
+            self._event = (key, fields)
+        return self._event[1]
 
     def trust_until(self, moment: float | None) -> None:
         if moment is not None and (self.valid_until is None or moment < self.valid_until):
@@ -98,14 +122,13 @@ class Admission:
         started = time.perf_counter()
         request = parse_review(body)
         obj = request.object
-        outcome = _Outcome()
         if obj is None or request.operation not in ("CREATE", "UPDATE"):
-            return self._answered(request, mode, AdmissionResponse(), outcome, started)
+            return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
         fields = image_fields(request.group, request.kind, obj)
         if not fields:
-            return self._answered(request, mode, AdmissionResponse(), outcome, started)
+            return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
         if self._excluded(request, obj):
-            outcome.counts[Action.EXCLUDED.value] = len(fields)
+            outcome = _Outcome(counts={Action.EXCLUDED.value: len(fields)})
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
         key = _decision_key(request, mode, obj, fields)
         known = self._decisions.get(key)
@@ -113,6 +136,7 @@ class Admission:
             decision = known[0]
             self._record(request, mode, decision.decision, decision.outcome, started)
             return decision.head + orjson.dumps(request.uid) + decision.tail
+        outcome = _Outcome()
         answer = await self._answer(request, mode, obj, fields, outcome)
         encoded = self._answered(request, mode, answer, outcome, started)
         if outcome.from_memory:
@@ -319,23 +343,12 @@ class Admission:
             )
         if self._events is None:
             return
-        event: dict[str, Any] = {
-            "event": "admission",
+        event = {
+            **outcome.event(mode, request, decision),
             "uid": request.uid,
-            "mode": mode,
-            "kind": request.kind,
-            "operation": request.operation,
             "object": request.display_name,
-            "images": outcome.counts,
-            "decision": decision,
             "durationMs": round(elapsed * 1000, 3),
         }
-        if request.dry_run:
-            event["dryRun"] = True
-        if outcome.rewrites:
-            event["rewritten"] = {pointer: new for pointer, (_, _, new) in outcome.rewrites.items()}
-        if outcome.failures:
-            event["failures"] = outcome.failures
         self._events.write(event)
 
 
