@@ -25,16 +25,18 @@ class EventLog:
         self._second = -1
         self._stamp = ""
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def write(self, head: bytes, fields: dict[str, Any]) -> None:
+        """One line: `head`, an encoded JSON object without its closing brace, plus `fields`."""
         fields["time"] = self._now()
+        flush_now = False
         if not self._pending:
             try:
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
-            except RuntimeError:  # no event loop: nothing will flush later
-                self._pending += orjson.dumps(fields) + b"\n"
-                self.flush()
-                return
-        self._pending += orjson.dumps(fields) + b"\n"
+            except RuntimeError:  # no event loop: nothing would flush later
+                flush_now = True
+        self._pending += head + b"," + orjson.dumps(fields)[1:] + b"\n"
+        if flush_now:
+            self.flush()
 
     def flush(self) -> None:
         data, self._pending = bytes(self._pending), bytearray()

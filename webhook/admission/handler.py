@@ -48,13 +48,14 @@ class _Outcome:
     # goes stale; one that needed a registry cannot.
     from_memory: bool = True
     valid_until: float | None = None
-    _event: tuple[tuple[object, ...], dict[str, Any]] | None = None
+    _event: tuple[tuple[object, ...], bytes] | None = None
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
-    def event(self, mode: Mode, request: AdmissionRequest, decision: str) -> dict[str, Any]:
-        """The event line's fields that do not change from one identical request to the next."""
+    def event(self, mode: Mode, request: AdmissionRequest, decision: str) -> bytes:
+        """The event line's fields that do not change from one identical request to the next,
+        encoded once (a JSON object without its closing brace)."""
         key = (mode, request.kind, request.operation, request.dry_run, decision)
         if self._event is None or self._event[0] != key:
             fields: dict[str, Any] = {
@@ -73,7 +74,7 @@ class _Outcome:
                 }
             if self.failures:
                 fields["failures"] = self.failures
-            self._event = (key, fields)
+            self._event = (key, orjson.dumps(fields)[:-1])
         return self._event[1]
 
     def trust_until(self, moment: float | None) -> None:
@@ -343,13 +344,14 @@ class Admission:
             )
         if self._events is None:
             return
-        event = {
-            **outcome.event(mode, request, decision),
-            "uid": request.uid,
-            "object": request.display_name,
-            "durationMs": round(elapsed * 1000, 3),
-        }
-        self._events.write(event)
+        self._events.write(
+            outcome.event(mode, request, decision),
+            {
+                "uid": request.uid,
+                "object": request.display_name,
+                "durationMs": round(elapsed * 1000, 3),
+            },
+        )
 
 
 def _decision_key(
@@ -368,7 +370,7 @@ def _decision_key(
         isinstance(metadata, dict),
         isinstance(annotations, dict),
         recorded,
-        tuple((f.pointer, f.container, f.image) for f in fields),
+        tuple(fields),
     )
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
@@ -24,8 +23,7 @@ POD_SPEC_PATHS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ImageField:
+class ImageField(NamedTuple):
     pointer: str  # RFC 6901 pointer to the image string within the object
     container: str
     image: str
