@@ -33,7 +33,13 @@ demo: deps
 	$(PY) demo/run.py
 
 bench: deps
-	$(PY) -m bench.copy
+	@dpkg -s wrk >/dev/null 2>&1 || { \
+		echo "installing Debian packages: wrk"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
+	}
+	@# Both run whatever the first one says; the target fails if either misses a bar.
+	$(PY) -m bench.copy; copy=$$?; $(PY) -m bench.admission; admission=$$?; \
+	test $$copy -eq 0 -a $$admission -eq 0
 
 clean:
 	rm -rf $(VENV) .demo .bench
