@@ -117,7 +117,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
                 max_body_bytes=settings.max_body_bytes,
             )
         finally:
-            events.flush()
+            reviewer.flush_records()
     return 0
 
 

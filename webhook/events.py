@@ -1,13 +1,12 @@
 """One JSON line per admission on stdout, cheaply enough to sit on every Pod creation.
 
 The stdlib logging machinery costs more per line than reviewing a Pod does, so
-admission events are written directly: lines gather in a buffer and go out
-together every FLUSH_SECONDS (and at exit), whatever buffering stdout has.
+admission events are written directly, in batches: the caller writes lines and
+flushes them together (every FLUSH_SECONDS), whatever buffering stdout has.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -28,15 +27,7 @@ class EventLog:
     def write(self, head: bytes, fields: dict[str, Any]) -> None:
         """One line: `head`, an encoded JSON object without its closing brace, plus `fields`."""
         fields["time"] = self._now()
-        flush_now = False
-        if not self._pending:
-            try:
-                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
-            except RuntimeError:  # no event loop: nothing would flush later
-                flush_now = True
         self._pending += head + b"," + orjson.dumps(fields)[1:] + b"\n"
-        if flush_now:
-            self.flush()
 
     def flush(self) -> None:
         data, self._pending = bytes(self._pending), bytearray()

@@ -9,7 +9,7 @@ from memory does.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -24,6 +24,7 @@ class AdmissionTally(Collector):
     """Per-admission counts: admissions, their latency, images by outcome, cache hits."""
 
     def __init__(self) -> None:
+        self.before_collect: Callable[[], None] = lambda: None  # takes in pending records
         self.admissions: dict[tuple[str, str, str, str], int] = {}  # mode, kind, operation, result
         self.images: dict[str, int] = {}  # outcome
         self.cache_hits = 0
@@ -41,6 +42,7 @@ class AdmissionTally(Collector):
         self._latency_sum[mode] += seconds
 
     def collect(self) -> Iterator[Metric]:
+        self.before_collect()
         admissions = CounterMetricFamily(
             "image_backup_admissions",
             "Admission reviews answered, by kind, operation and result.",
