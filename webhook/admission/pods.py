@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
@@ -37,7 +37,7 @@ def image_fields(group: str, kind: str, obj: dict[str, Any]) -> list[ImageField]
     """Every container image of the object's pod spec; malformed parts are skipped.
 
     The API server validates the schema after us, so odd shapes are not ours to
-    reject, only not to crash on.
+    reject, only not to crash on. This runs on every admission, hence the plain loops.
     """
     path = POD_SPEC_PATHS.get((group, kind))
     if path is None:
@@ -47,22 +47,24 @@ def image_fields(group: str, kind: str, obj: dict[str, Any]) -> list[ImageField]
         spec = spec.get(key) if isinstance(spec, dict) else None
     if not isinstance(spec, dict):
         return []
-    base = "/" + "/".join(path)
-    return list(_containers(spec, base))
-
-
-def _containers(spec: dict[str, Any], base: str) -> Iterator[ImageField]:
+    fields = []
     for list_name in CONTAINER_LISTS:
         containers = spec.get(list_name)
         if not isinstance(containers, list):
             continue
+        pointers = _pointers(path, list_name, len(containers))
         for index, container in enumerate(containers):
             if not isinstance(container, dict):
                 continue
             image, name = container.get("image"), container.get("name")
             if isinstance(image, str) and image:
-                yield ImageField(
-                    f"{base}/{list_name}/{index}/image",
-                    name if isinstance(name, str) else "",
-                    image,
+                fields.append(
+                    ImageField(pointers[index], name if isinstance(name, str) else "", image)
                 )
+    return fields
+
+
+@lru_cache(maxsize=256)
+def _pointers(path: tuple[str, ...], list_name: str, count: int) -> tuple[str, ...]:
+    base = "/" + "/".join(path)
+    return tuple(f"{base}/{list_name}/{index}/image" for index in range(count))
