@@ -12,12 +12,13 @@ from typing import Any
 from tqdm import tqdm
 
 from . import config as config_module
+from .admission.handler import Admission
 from .config import Config
 from .engine import open_engine
 from .events import EventLog
 from .metrics import Metrics
 from .naming import BackupNameError
-from .offline import ManifestError
+from .offline import ManifestError, dump_documents, load_documents, review_documents
 from .reference import InvalidReference, Reference, parse
 from .registry.client import Repository
 from .registry.credentials import CredentialsError
@@ -96,8 +97,6 @@ async def _resolve(args: argparse.Namespace, config: Config) -> int:
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:
     """The webhook: serve until SIGTERM, then finish the reviews in flight."""
-    from .admission.handler import Admission  # imported here: only `serve` needs it
-
     configure_logging()
     settings = config.server
     # The certificate first: a missing one is the commonest deployment mistake, and it needs
@@ -123,9 +122,6 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 
 async def _review(args: argparse.Namespace, config: Config) -> int:
     """Manifests on disk through the same decisions as admission (enforce really copies)."""
-    from .admission.handler import Admission
-    from .offline import dump_documents, load_documents, review_documents
-
     inputs = [(name, _read_input(name)) for name in args.files or ["-"]]
     parsed = [(name, load_documents(name, text)) for name, text in inputs]
     documents, notes, denials = [], [], []

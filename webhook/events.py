@@ -1,4 +1,5 @@
-"""One JSON line per admission on stdout, cheaply enough to sit on every Pod creation.
+"""Structured event lines: one JSON line per admission on stdout, cheaply enough to sit
+on every Pod creation, and the message form of the server's rarer events.
 
 The stdlib logging machinery costs more per line than reviewing a Pod does, so
 admission events are written directly, in batches: the caller writes lines and
@@ -15,6 +16,11 @@ from typing import Any
 import orjson
 
 FLUSH_SECONDS = 0.1
+
+
+def event_message(name: str, **fields: str) -> str:
+    """A log message that the JSON log formatter merges into its line as fields."""
+    return orjson.dumps({"event": name, **fields}).decode()
 
 
 class EventLog:

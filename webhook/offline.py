@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import yaml
 
 from .admission.handler import Admission, Mode
 from .admission.pods import handles
+from .admission.review import API_VERSION, KIND
 
 
 class ManifestError(ValueError):
@@ -78,11 +79,6 @@ def dump_documents(documents: list[Any]) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False)
 
 
-def iter_lines(report: Report) -> Iterator[str]:
-    yield from report.notes
-    yield from report.denials
-
-
 def _review_body(obj: dict[str, Any], group: str, kind: str) -> bytes:
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     assert isinstance(metadata, dict)
@@ -94,9 +90,7 @@ def _review_body(obj: dict[str, Any], group: str, kind: str) -> bytes:
         "name": metadata.get("name") or "",
         "object": obj,
     }
-    return orjson.dumps(
-        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
-    )
+    return orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "request": request})
 
 
 def _group_kind(obj: dict[str, Any]) -> tuple[str, str]:

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from .admission.errors import BadReview
+from .events import event_message
 from .metrics import Metrics
 from .tls import CertificateError, ReloadingCertificate
 
@@ -105,7 +106,7 @@ class _Readiness:
             self._reason = "the backup registry does not answer (timed out)"
         except Exception as exc:
             self._reason = f"asking the backup registry failed: {type(exc).__name__}"
-            log.warning(_event("readiness_check_failed", error=_one_line(exc)))
+            log.warning(event_message("readiness_check_failed", error=_one_line(exc)))
         finally:
             self._asking = None
 
@@ -145,7 +146,9 @@ def build_app(
             status = exc.status if 400 <= exc.status < 500 else 400
             return _text(status, exc.reason)
         except Exception as exc:
-            log.error(_event("review_failed", mode=mode, error=type(exc).__name__), exc_info=exc)
+            log.error(
+                event_message("review_failed", mode=mode, error=type(exc).__name__), exc_info=exc
+            )
             return _text(500, INTERNAL_ERROR)
         return web.Response(body=answer, headers=_JSON)
 
@@ -223,7 +226,7 @@ class WebhookServer:
             ) from None
         self.port = self._runner.addresses[0][1]
         self._watch = asyncio.create_task(self.certificate.watch(), name="certificate-watch")
-        log.info(_event("listening", address=f"{self._host}:{self.port}"))
+        log.info(event_message("listening", address=f"{self._host}:{self.port}"))
 
     async def stop(self) -> None:
         """Stop accepting, let reviews in flight finish (up to shutdown_timeout), close."""
@@ -263,7 +266,7 @@ async def serve(
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 100)
         await stopping.wait()
-        log.info(_event("stopping"))
+        log.info(event_message("stopping"))
         await server.stop()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -320,7 +323,3 @@ def _text(status: int, reason: str) -> web.Response:
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split()) or "-"
-
-
-def _event(name: str, **fields: str) -> str:
-    return orjson.dumps({"event": name, **fields}).decode()

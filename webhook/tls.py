@@ -12,9 +12,10 @@ import os
 import ssl
 from pathlib import Path
 
-import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from .events import event_message
 
 log = logging.getLogger("image_backup.tls")
 
@@ -89,7 +90,7 @@ class ReloadingCertificate:
         if error is not None:
             self._reject(error)
             return False
-        log.info(_event("certificate_reloaded", certFile=str(self.cert_file)))
+        log.info(event_message("certificate_reloaded", certFile=str(self.cert_file)))
         return True
 
     async def watch(self) -> None:
@@ -99,7 +100,7 @@ class ReloadingCertificate:
             try:
                 self.poll()
             except Exception:
-                log.exception(_event("certificate_watch_failed"))
+                log.exception(event_message("certificate_watch_failed"))
 
     def _stamp(self) -> _Stamp:
         cert, key = os.stat(self.cert_file), os.stat(self.key_file)
@@ -126,7 +127,9 @@ class ReloadingCertificate:
 
     def _reject(self, error: str) -> None:
         if error != self.last_error:
-            log.warning(_event("certificate_rejected", error=f"{error}; keeping the previous one"))
+            log.warning(
+                event_message("certificate_rejected", error=f"{error}; keeping the previous one")
+            )
         self.last_error = error
 
     def _describe(self, exc: OSError) -> str:
@@ -151,7 +154,3 @@ class ReloadingCertificate:
         if reason == "KEY_VALUES_MISMATCH":
             reason = "key does not match the certificate"
         return f"cannot use {self.cert_file} with {self.key_file}: {reason}"
-
-
-def _event(name: str, **fields: str) -> str:
-    return orjson.dumps({"event": name, **fields}).decode()

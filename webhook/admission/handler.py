@@ -150,7 +150,7 @@ class Admission:
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
         key = _decision_key(request, mode, obj, fields)
         known = self._decisions.get(key)
-        if known is not None and self._decisions.fresh(known[1]):
+        if known is not None:
             decision = known[0]
             self._record(request, mode, decision.decision, decision.outcome, started)
             return decision.head + orjson.dumps(request.uid) + decision.tail

@@ -19,9 +19,6 @@ class ExpiringCache(Generic[K, V]):
         self._max_entries = max_entries
         self._clock = clock
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def put(self, key: K, value: V, ttl: float | None) -> None:
         expires = None if ttl is None else self._clock() + ttl
         self._entries[key] = (value, expires)
@@ -30,15 +27,13 @@ class ExpiringCache(Generic[K, V]):
             self._entries.popitem(last=False)
 
     def get(self, key: K) -> tuple[V, float | None] | None:
-        """The value and when it goes stale (None: never); stale ones stay for re-validation."""
+        """A fresh value and when it goes stale (None: never); a stale one is dropped."""
         entry = self._entries.get(key)
         if entry is None:
             return None
+        expires = entry[1]
+        if expires is not None and self._clock() >= expires:
+            del self._entries[key]
+            return None
         self._entries.move_to_end(key)
         return entry
-
-    def fresh(self, expires: float | None) -> bool:
-        return expires is None or self._clock() < expires
-
-    def discard(self, key: K) -> None:
-        self._entries.pop(key, None)

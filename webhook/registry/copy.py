@@ -124,8 +124,7 @@ class CopyEngine:
         No I/O: this is the admission hot path. `target` saves working out the
         backup name again when the caller knows it.
         """
-        hit = self._results.get((source, target or self.target_for(source), source.tag))
-        return hit if hit is not None and self._results.fresh(hit[1]) else None
+        return self._results.get((source, target or self.target_for(source), source.tag))
 
     async def backup_registry_answers(self, *, deadline: float) -> bool:
         return await self._client.answers(self.scheme.host, deadline=deadline)
@@ -158,7 +157,7 @@ class CopyEngine:
         """Copy `source` into the `target` repository, tagged `tag` if given."""
         key = (source, target, tag)
         hit = self._results.get(key)
-        if hit is not None and self._results.fresh(hit[1]):
+        if hit is not None:
             return hit[0]
         # A stale or missing entry: ask the registries again rather than trust memory.
         digest = await self.resolve(source, deadline=deadline)

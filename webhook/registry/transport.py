@@ -250,7 +250,7 @@ class Transport:
                     return url
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure = exc
-        raise TransientError(f"{host}: {host} unreachable ({_describe(failure)})")
+        raise TransientError(f"{host} unreachable ({_describe(failure)})")
 
 
 async def _status_error(response: aiohttp.ClientResponse, what: str) -> RegistryError:
