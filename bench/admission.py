@@ -41,19 +41,17 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import jsonpatch
 import orjson
 
-from bench.copy import skopeo_copy
+from bench.copy import scratch_dir, skopeo_copy, stop_on_termination
 from bench.load import Load, run_wrk, write_script
 from tests.support.images import make_image, push
 from tests.support.registries import Registry, free_port, start_registry
@@ -453,10 +451,6 @@ def bench(args: argparse.Namespace, work: str, stack: contextlib.ExitStack) -> b
     return report_hot(rows, args.seconds, args.hot_reps) & report_cold(cold)
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the clean-up below
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.admission",
@@ -483,13 +477,9 @@ def main() -> int:
     if shutil.which("wrk") is None:
         parser.error("wrk not found (apt-get install wrk)")
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    stop_on_termination()
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
-    # Registry storage and images in RAM: disk write-back would make the cold path noisy.
-    shm = "/dev/shm"
-    in_ram = os.path.isdir(shm) and shutil.disk_usage(shm).free > 4 << 30  # uses < 2 GB
-    work = tempfile.mkdtemp(prefix="ibw-bench-admission-", dir=shm if in_ram else None)
+    work = scratch_dir("ibw-bench-admission-", 4 << 30)  # uses < 2 GB
     print(f"registries, images and logs in {work}", file=sys.stderr)
     try:
         with contextlib.ExitStack() as stack:

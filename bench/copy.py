@@ -193,14 +193,24 @@ def build(case: Case, cache: str) -> Artifact:
     return make_index(cache, images, "oci")
 
 
-def workdir_for(cases: list[Case]) -> str:
-    # Registry storage and the image cache live in RAM (/dev/shm) when it has room: every
-    # run writes gigabytes, and disk write-back stalls would make both tools' times noisy.
-    need = 3 * sum(c.payload for c in cases) + 1024 * MB  # cache + source + target, headroom
+def scratch_dir(prefix: str, need: int) -> str:
+    """For registry storage and images: in RAM (/dev/shm) when it has `need` bytes free.
+
+    Every run writes a lot, and disk write-back stalls would make both tools' times noisy.
+    """
     shm = "/dev/shm"
-    if os.path.isdir(shm) and shutil.disk_usage(shm).free > need:
-        return tempfile.mkdtemp(prefix="ibw-bench-", dir=shm)
-    return tempfile.mkdtemp(prefix="ibw-bench-")
+    in_ram = os.path.isdir(shm) and shutil.disk_usage(shm).free > need
+    return tempfile.mkdtemp(prefix=prefix, dir=shm if in_ram else None)
+
+
+def stop_on_termination() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, through every clean-up on the way."""
+
+    def terminate(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
 
 
 class Bench:
@@ -317,10 +327,6 @@ def report(cases: list[Case], results: dict[str, Samples]) -> bool:
     return ok
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the clean-up below
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.copy",
@@ -338,10 +344,10 @@ def main() -> int:
         parser.error("--reps must be at least 1")
     cases = [by_name[n] for n in names]
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    stop_on_termination()
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
-    work = workdir_for(cases)
+    # The image cache, the source and the target each hold the payload; headroom on top.
+    work = scratch_dir("ibw-bench-", 3 * sum(c.payload for c in cases) + 1024 * MB)
     print(f"registries and images in {work}", file=sys.stderr)
     try:
         results = bench(cases, args.reps, work)

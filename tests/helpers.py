@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Protocol
 
 from webhook import config as config_module
@@ -26,15 +23,6 @@ class Endpointish(Protocol):
 class WithLogins(Endpointish, Protocol):
     @property
     def docker_config(self) -> str: ...
-
-
-def write_docker_config(path: Path, logins: Mapping[str, tuple[str, str]]) -> str:
-    auths = {
-        host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
-        for host, (user, password) in logins.items()
-    }
-    path.write_text(json.dumps({"auths": auths}))
-    return str(path)
 
 
 def plain(registry: Endpointish) -> dict[str, Any]:

@@ -13,12 +13,11 @@ from tests.helpers import (
     plain,
     plain_to,
     tls,
-    write_docker_config,
 )
 from tests.support import images, skopeo
 from tests.support.accounts import PUSHER, READER, READER_PASSWORD, TOKEN_POLICY
 from tests.support.faultproxy import FaultProxyFactory, status
-from tests.support.registries import Registry
+from tests.support.registries import Registry, write_docker_config
 from tests.support.tokenserver import TokenServer
 from webhook.reference import parse
 from webhook.registry.client import Repository

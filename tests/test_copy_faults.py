@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import deadline, engine_for, make_config, plain, plain_to, write_docker_config
+from tests.helpers import deadline, engine_for, make_config, plain, plain_to
 from tests.support import images, skopeo
 from tests.support.faultproxy import FaultProxyFactory, corrupt, reset_after, serve, status
-from tests.support.registries import Registry, RegistryFactory
+from tests.support.registries import Registry, RegistryFactory, write_docker_config
 from webhook.reference import parse
 from webhook.registry.errors import (
     CorruptTransfer,

@@ -24,6 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -79,16 +80,16 @@ def free_port() -> int:
         return port
 
 
-def write_docker_config(path: str, host: str, username: str | None, password: str | None) -> str:
-    """Write a docker ``config.json`` with credentials for ``host`` (empty auths if none)."""
-    auths: dict[str, Any] = {}
-    if username is not None and password is not None:
-        token = base64.b64encode(f"{username}:{password}".encode()).decode()
-        auths[host] = {"auth": token}
+def write_docker_config(path: str | os.PathLike[str], logins: Mapping[str, tuple[str, str]]) -> str:
+    """Write a docker ``config.json`` with ``{host: (username, password)}`` logins."""
+    auths = {
+        host: {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+        for host, (username, password) in logins.items()
+    }
     with open(path, "w") as f:
         json.dump({"auths": auths}, f, indent=2)
     os.chmod(path, 0o600)
-    return path
+    return str(path)
 
 
 def _config(
@@ -391,7 +392,8 @@ def start_registry(
             password=password,
             auth=auth,
             docker_config=write_docker_config(
-                os.path.join(workdir, "docker-config.json"), host, username, password
+                os.path.join(workdir, "docker-config.json"),
+                {host: (username, password)} if username and password else {},
             ),
             storage_dir=storage_dir,
             workdir=workdir,

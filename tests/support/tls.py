@@ -71,11 +71,24 @@ def self_signed_certificate(
 ) -> x509.Certificate:
     """A self-signed certificate for ``key`` (used e.g. for the token-signing key)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = _builder(key, name, name, ca=ca, key_agreement=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def _builder(
+    key: ec.EllipticCurvePrivateKey,
+    subject: x509.Name,
+    issuer: x509.Name,
+    *,
+    ca: bool,
+    key_agreement: bool,
+) -> x509.CertificateBuilder:
+    """What every test certificate has: validity, constraints, key usage, key identifier."""
     now = _now()
-    builder = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
@@ -87,7 +100,7 @@ def self_signed_certificate(
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,
-                key_agreement=False,
+                key_agreement=key_agreement,
                 key_cert_sign=ca,
                 crl_sign=ca,
                 encipher_only=False,
@@ -97,7 +110,6 @@ def self_signed_certificate(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
-    return builder.sign(key, hashes.SHA256())
 
 
 def generate_tls(directory: str) -> TLSFiles:
@@ -155,30 +167,9 @@ def _server_certificate(
     common_name: str,
 ) -> x509.Certificate:
     """Valid for ``127.0.0.1`` (IP SAN), ``::1`` and ``localhost``."""
-    now = _now()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(key, subject, ca_cert.subject, ca=False, key_agreement=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
@@ -190,7 +181,6 @@ def _server_certificate(
             ),
             critical=False,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
