@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
 
 import orjson
 
-FLUSH_SECONDS = 0.1
+FLUSH_SECONDS = 0.02
 
 
 def event_message(name: str, **fields: str) -> str:
@@ -28,22 +27,32 @@ class EventLog:
         self._fd = sys.stdout.fileno() if fd is None else fd
         self._pending = bytearray()
         self._second = -1
-        self._stamp = ""
+        self._stamp = b""
 
-    def write(self, head: bytes, fields: dict[str, Any]) -> None:
-        """One line: `head`, an encoded JSON object without its closing brace, plus `fields`."""
-        fields["time"] = self._now()
-        self._pending += head + b"," + orjson.dumps(fields)[1:] + b"\n"
+    def write(self, head: bytes, uid: bytes, name: str, seconds: float, at: float) -> None:
+        """One admission's line.
+
+        `head` holds the fields identical admissions share, encoded once (a JSON object
+        without its closing brace); `uid` is encoded already; `at` is the wall-clock time the
+        admission was answered.
+        """
+        second = int(at)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        self._pending += _LINE % (
+            head,
+            uid,
+            orjson.dumps(name),
+            seconds * 1000,
+            self._stamp,
+            int((at - second) * 1000),
+        )
 
     def flush(self) -> None:
         data, self._pending = bytes(self._pending), bytearray()
         while data:
             data = data[os.write(self._fd, data) :]
 
-    def _now(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+_LINE = b'%s,"uid":%s,"object":%s,"durationMs":%.3f,"time":"%s.%03dZ"}\n'

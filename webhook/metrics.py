@@ -31,15 +31,17 @@ class AdmissionTally(Collector):
         self._latency: dict[str, list[int]] = {}  # mode -> count per bucket (+Inf last)
         self._latency_sum: dict[str, float] = {}
 
-    def admitted(self, key: tuple[str, str, str, str], seconds: float) -> None:
-        self.admissions[key] = self.admissions.get(key, 0) + 1
+    def admitted(self, key: tuple[str, str, str, str], durations: list[float]) -> None:
+        """Admissions alike in `key`, one duration (seconds) each."""
+        self.admissions[key] = self.admissions.get(key, 0) + len(durations)
         mode = key[0]
         buckets = self._latency.get(mode)
         if buckets is None:
             buckets = self._latency[mode] = [0] * (len(LATENCY_BUCKETS) + 1)
             self._latency_sum[mode] = 0.0
-        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self._latency_sum[mode] += seconds
+        for seconds in durations:
+            buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum[mode] += sum(durations)
 
     def collect(self) -> Iterator[Metric]:
         self.before_collect()

@@ -6,7 +6,7 @@ import asyncio
 import fnmatch
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import orjson
 
@@ -21,7 +21,13 @@ from ..registry.errors import RegistryError
 from .patch import ORIGINAL_IMAGES, build_patch
 from .plan import Action, ImagePlan, Planner
 from .pods import ImageField, image_fields
-from .review import AdmissionRequest, AdmissionResponse, encode_response, parse_review
+from .review import (
+    OPERATIONS_WITH_OBJECT,
+    AdmissionRequest,
+    AdmissionResponse,
+    encode_response,
+    parse_review,
+)
 
 Mode = Literal["enforce", "audit"]
 
@@ -48,53 +54,61 @@ class _Outcome:
     # goes stale; one that needed a registry cannot.
     from_memory: bool = True
     valid_until: float | None = None
-    _event: tuple[tuple[object, ...], bytes] | None = None
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
-
-    def event(self, mode: str, kind: str, operation: str, dry_run: bool, decision: str) -> bytes:
-        """The event line's fields that do not change from one identical request to the next,
-        encoded once (a JSON object without its closing brace)."""
-        key = (mode, kind, operation, dry_run, decision)
-        if self._event is None or self._event[0] != key:
-            fields: dict[str, Any] = {
-                "event": "admission",
-                "mode": mode,
-                "kind": kind,
-                "operation": operation,
-                "images": self.counts,
-                "decision": decision,
-            }
-            if dry_run:
-                fields["dryRun"] = True
-            if self.rewrites:
-                fields["rewritten"] = {
-                    pointer: new for pointer, (_, _, new) in self.rewrites.items()
-                }
-            if self.failures:
-                fields["failures"] = self.failures
-            self._event = (key, orjson.dumps(fields)[:-1])
-        return self._event[1]
 
     def trust_until(self, moment: float | None) -> None:
         if moment is not None and (self.valid_until is None or moment < self.valid_until):
             self.valid_until = moment
 
 
-class _Record(NamedTuple):
-    """An admission waiting to be counted and logged."""
+@dataclass(frozen=True, slots=True, eq=False)  # identity: grouped per flush
+class _Summary:
+    """What identical admissions share for the metrics and the event line, worked out once
+    per decision, so that answering from memory adds only a uid, a name and two times."""
 
-    mode: str
-    kind: str
-    operation: str
-    dry_run: bool
+    tally_key: tuple[str, str, str, str]  # mode, kind, operation, decision
     namespace: str
-    uid: str
-    name: str
-    decision: str
-    outcome: _Outcome
-    elapsed: float
+    image_counts: tuple[tuple[str, int], ...]
+    cache_hits: int
+    audited: int  # images that enforce would back up (audit mode)
+    event_head: bytes  # the event line's shared fields: a JSON object without its closing brace
+
+    @classmethod
+    def of(
+        cls, request: AdmissionRequest, mode: Mode, decision: str, outcome: _Outcome
+    ) -> _Summary:
+        fields: dict[str, Any] = {
+            "event": "admission",
+            "mode": mode,
+            "kind": request.kind,
+            "operation": request.operation,
+            "images": outcome.counts,
+            "decision": decision,
+        }
+        if request.dry_run:
+            fields["dryRun"] = True
+        if outcome.rewrites:
+            fields["rewritten"] = {
+                pointer: new for pointer, (_, _, new) in outcome.rewrites.items()
+            }
+        if outcome.failures:
+            fields["failures"] = outcome.failures
+        return cls(
+            (mode, request.kind, request.operation, decision),
+            request.namespace,
+            tuple(outcome.counts.items()),
+            outcome.cache_hits,
+            outcome.counts.get("would_back_up", 0) if mode == "audit" else 0,
+            orjson.dumps(fields)[:-1],
+        )
+
+
+# An admission waiting to be counted and logged: its summary, uid (encoded as JSON), object
+# name, and when it started and was answered (time.perf_counter()). A plain tuple: one is
+# made for every admission.
+_Record = tuple[_Summary, bytes, str, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +117,7 @@ class _Decision:
 
     head: bytes
     tail: bytes
-    decision: str
-    outcome: _Outcome
+    summary: _Summary
 
 
 class Admission:
@@ -140,28 +153,47 @@ class Admission:
         started = time.perf_counter()
         request = parse_review(body)
         obj = request.object
-        if obj is None or request.operation not in ("CREATE", "UPDATE"):
+        if obj is None or request.operation not in OPERATIONS_WITH_OBJECT:
             return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
         fields = image_fields(request.group, request.kind, obj)
         if not fields:
             return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
-        if self._excluded(request, obj):
+        metadata = obj.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        if not isinstance(annotations, dict):
+            annotations = None
+        if self._excluded(request.namespace, annotations):
             outcome = _Outcome(counts={Action.EXCLUDED.value: len(fields)})
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
-        key = _decision_key(request, mode, obj, fields)
+        recorded = annotations.get(ORIGINAL_IMAGES) if annotations is not None else None
+        # Everything an answer made from memory depends on, the uid aside; the shape of
+        # the metadata decides how the patch adds the annotation (a recorded value that
+        # is not a string counts as none, as in build_patch).
+        key = (
+            mode,
+            request.dry_run,
+            request.group,
+            request.kind,
+            request.namespace,
+            isinstance(metadata, dict),
+            annotations is not None,
+            recorded if type(recorded) is str else None,
+            tuple(fields),
+        )
         known = self._decisions.get(key)
         if known is not None:
-            decision = known[0]
-            self._record(request, mode, decision.decision, decision.outcome, started)
-            return decision.head + orjson.dumps(request.uid) + decision.tail
+            decision, uid = known[0], orjson.dumps(request.uid)
+            self._record(decision.summary, request, uid, started)
+            return decision.head + uid + decision.tail
         outcome = _Outcome()
         answer = await self._answer(request, mode, obj, fields, outcome)
-        encoded = self._answered(request, mode, answer, outcome, started)
+        summary = _Summary.of(request, mode, _decision_of(answer), outcome)
+        self._record(summary, request, orjson.dumps(request.uid), started)
+        encoded = encode_response(request.uid, answer)
         if outcome.from_memory:
             head, tail = encode_response("", answer).split(b'"uid":""', 1)
-            remembered = _Decision(head + b'"uid":', tail, _decision_of(answer), outcome)
             ttl = None if outcome.valid_until is None else outcome.valid_until - time.monotonic()
-            self._decisions.put(key, remembered, ttl)
+            self._decisions.put(key, _Decision(head + b'"uid":', tail, summary), ttl)
         return encoded
 
     def _answered(
@@ -172,17 +204,18 @@ class Admission:
         outcome: _Outcome,
         started: float,
     ) -> bytes:
-        self._record(request, mode, _decision_of(answer), outcome, started)
+        summary = _Summary.of(request, mode, _decision_of(answer), outcome)
+        self._record(summary, request, orjson.dumps(request.uid), started)
         return encode_response(request.uid, answer)
 
-    def _excluded(self, request: AdmissionRequest, obj: dict[str, Any]) -> bool:
-        if request.namespace in self._excluded_namespace_names or any(
-            fnmatch.fnmatchcase(request.namespace, p) for p in self._excluded_namespace_globs
+    def _excluded(self, namespace: str, annotations: dict[str, Any] | None) -> bool:
+        if namespace in self._excluded_namespace_names:
+            return True
+        if self._excluded_namespace_globs and any(
+            fnmatch.fnmatchcase(namespace, p) for p in self._excluded_namespace_globs
         ):
             return True
-        metadata = obj.get("metadata")
-        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-        return isinstance(annotations, dict) and annotations.get(SKIP_ANNOTATION) == "true"
+        return annotations is not None and annotations.get(SKIP_ANNOTATION) == "true"
 
     async def _answer(
         self,
@@ -342,12 +375,7 @@ class Admission:
         return AdmissionResponse(warnings=outcome.warnings or None, audit_annotations=annotations)
 
     def _record(
-        self,
-        request: AdmissionRequest,
-        mode: Mode,
-        decision: str,
-        outcome: _Outcome,
-        started: float,
+        self, summary: _Summary, request: AdmissionRequest, uid: bytes, started: float
     ) -> None:
         """Note the admission for the metrics and the event log, which take it in batches.
 
@@ -356,18 +384,7 @@ class Admission:
         """
         # Only small values are kept until then: holding the parsed request would keep
         # every object of it alive into older garbage-collector generations.
-        record = _Record(
-            mode,
-            request.kind,
-            request.operation,
-            request.dry_run,
-            request.namespace,
-            request.uid,
-            request.display_name,
-            decision,
-            outcome,
-            time.perf_counter() - started,
-        )
+        record = (summary, uid, request.display_name, started, time.perf_counter())
         if not self._unrecorded:
             try:
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush_records)
@@ -379,42 +396,29 @@ class Admission:
 
     def flush_records(self) -> None:
         records, self._unrecorded = self._unrecorded, []
-        tally, events = self._tally, self._events
-        for r in records:
-            outcome = r.outcome
-            tally.admitted((r.mode, r.kind, r.operation, r.decision), r.elapsed)
-            for what, number in outcome.counts.items():
-                tally.images[what] = tally.images.get(what, 0) + number
-            tally.cache_hits += outcome.cache_hits
-            if r.mode == "audit" and "would_back_up" in outcome.counts:
-                self._metrics.audit_images.labels(r.namespace).inc(outcome.counts["would_back_up"])
+        events = self._events
+        wall_clock_offset = time.time() - time.perf_counter()
+        durations: dict[_Summary, list[float]] = {}
+        for summary, uid, name, started, answered in records:
+            elapsed = answered - started
+            if summary in durations:
+                durations[summary].append(elapsed)
+            else:
+                durations[summary] = [elapsed]
             if events is not None:
-                events.write(
-                    outcome.event(r.mode, r.kind, r.operation, r.dry_run, r.decision),
-                    {"uid": r.uid, "object": r.name, "durationMs": round(r.elapsed * 1000, 3)},
-                )
+                events.write(summary.event_head, uid, name, elapsed, wall_clock_offset + answered)
         if events is not None:
             events.flush()
-
-
-def _decision_key(
-    request: AdmissionRequest, mode: Mode, obj: dict[str, Any], fields: list[ImageField]
-) -> tuple[object, ...]:
-    """Everything an answer made from memory depends on, the uid aside."""
-    metadata = obj.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    recorded = annotations.get(ORIGINAL_IMAGES) if isinstance(annotations, dict) else None
-    return (
-        mode,
-        request.dry_run,
-        request.group,
-        request.kind,
-        request.namespace,
-        isinstance(metadata, dict),
-        isinstance(annotations, dict),
-        recorded,
-        tuple(fields),
-    )
+        tally = self._tally
+        for summary, seconds in durations.items():
+            tally.admitted(summary.tally_key, seconds)
+            for what, number in summary.image_counts:
+                tally.images[what] = tally.images.get(what, 0) + number * len(seconds)
+            tally.cache_hits += summary.cache_hits * len(seconds)
+            if summary.audited:
+                self._metrics.audit_images.labels(summary.namespace).inc(
+                    summary.audited * len(seconds)
+                )
 
 
 def _decision_of(answer: AdmissionResponse) -> str:
