@@ -323,11 +323,43 @@ async def test_other_kinds_and_operations_pass_unchanged(basic_registry: Registr
             assert response == {"uid": request["request"]["uid"], "allowed": True}
 
 
+async def test_an_object_with_mistyped_fields_is_denied_saying_where(
+    basic_registry: Registry,
+) -> None:
+    review = sample("deployment-create")
+    broken = copy.deepcopy(review["request"]["object"])
+    pod_spec(broken)["containers"][1]["image"] = 42
+    mistyped = with_object(review, broken)
+    # A kind the webhook does not handle may have any shape: it is not read at all.
+    custom = with_object(
+        review,
+        {"kind": "Widget", "spec": {"template": "not an object"}},
+        kind={"group": "example.com", "version": "v1", "kind": "Widget"},
+    )
+    async with admission(make_config(basic_registry)) as (webhook, _):
+        denied = response_of(await webhook.review(body(mistyped), "enforce"), mistyped)
+        audited = response_of(await webhook.review(body(mistyped), "audit"), mistyped)
+        passed = response_of(await webhook.review(body(custom), "enforce"), custom)
+
+    assert denied["allowed"] is False and "patch" not in denied
+    message = denied["status"]["message"]
+    assert "cannot read the containers of this Deployment" in message
+    assert "$.request.object.spec.template.spec.containers[1].image" in message
+    assert audited["allowed"] is True and "patch" not in audited
+    assert "containers[1].image" in audited["warnings"][0]
+    assert passed == {"uid": custom["request"]["uid"], "allowed": True}
+
+
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
         (b"{not json", "body is not valid JSON"),
-        (b"[]", "body is not a JSON object"),
+        (b"[]", "not an AdmissionReview: Expected `object`, got `array`"),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": '
+            b'{"uid": 7, "operation": "CREATE", "kind": {}, "object": {}}}',
+            "got `int` - at `$.request.uid`",
+        ),
         (
             b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}',
             "expected apiVersion",

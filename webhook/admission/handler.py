@@ -18,9 +18,10 @@ from ..registry.cache import ExpiringCache
 from ..registry.client import Repository
 from ..registry.copy import CopyEngine, CopyResult
 from ..registry.errors import RegistryError
+from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
 from .plan import Action, ImagePlan, Planner
-from .pods import ImageField, image_fields
+from .pods import ImageField, handles, image_fields
 from .review import (
     OPERATIONS_WITH_OBJECT,
     AdmissionRequest,
@@ -152,32 +153,33 @@ class Admission:
     async def review(self, body: bytes, mode: Mode) -> bytes:
         started = time.perf_counter()
         request = parse_review(body)
-        obj = request.object
-        if obj is None or request.operation not in OPERATIONS_WITH_OBJECT:
+        if request.operation not in OPERATIONS_WITH_OBJECT or not handles(
+            request.group, request.kind
+        ):
             return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
+        obj = request.object
+        if obj is None:
+            return self._unreadable(request, mode, started)
         fields = image_fields(request.group, request.kind, obj)
         if not fields:
             return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
-        metadata = obj.get("metadata")
-        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-        if not isinstance(annotations, dict):
-            annotations = None
+        metadata = obj.metadata
+        annotations = metadata.annotations if metadata is not None else None
         if self._excluded(request.namespace, annotations):
             outcome = _Outcome(counts={Action.EXCLUDED.value: len(fields)})
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
         recorded = annotations.get(ORIGINAL_IMAGES) if annotations is not None else None
         # Everything an answer made from memory depends on, the uid aside; the shape of
-        # the metadata decides how the patch adds the annotation (a recorded value that
-        # is not a string counts as none, as in build_patch).
+        # the metadata decides how the patch adds the annotation.
         key = (
             mode,
             request.dry_run,
             request.group,
             request.kind,
             request.namespace,
-            isinstance(metadata, dict),
+            metadata is not None,
             annotations is not None,
-            recorded if type(recorded) is str else None,
+            recorded,
             tuple(fields),
         )
         known = self._decisions.get(key)
@@ -186,7 +188,7 @@ class Admission:
             self._record(decision.summary, request, uid, started)
             return decision.head + uid + decision.tail
         outcome = _Outcome()
-        answer = await self._answer(request, mode, obj, fields, outcome)
+        answer = await self._answer(request, mode, metadata, fields, outcome)
         summary = _Summary.of(request, mode, _decision_of(answer), outcome)
         self._record(summary, request, orjson.dumps(request.uid), started)
         encoded = encode_response(request.uid, answer)
@@ -208,7 +210,18 @@ class Admission:
         self._record(summary, request, orjson.dumps(request.uid), started)
         return encode_response(request.uid, answer)
 
-    def _excluded(self, namespace: str, annotations: dict[str, Any] | None) -> bool:
+    def _unreadable(self, request: AdmissionRequest, mode: Mode, started: float) -> bytes:
+        """An object the API server would not have sent: its images cannot be known, so
+        enforce denies it (unless onFailure is allow) and audit says so."""
+        reason = f"cannot read the containers of this {request.kind}: {request.unreadable}"
+        outcome = _Outcome(failures=[reason])
+        if mode == "audit" or self._allow_on_failure:
+            answer = AdmissionResponse(warnings=[_warning(f"image-backup: {reason}")])
+        else:
+            answer = AdmissionResponse(allowed=False, message=f"image-backup: {reason}")
+        return self._answered(request, mode, answer, outcome, started)
+
+    def _excluded(self, namespace: str, annotations: dict[str, str] | None) -> bool:
         if namespace in self._excluded_namespace_names:
             return True
         if self._excluded_namespace_globs and any(
@@ -221,7 +234,7 @@ class Admission:
         self,
         request: AdmissionRequest,
         mode: Mode,
-        obj: dict[str, Any],
+        metadata: ObjectMeta | None,
         fields: list[ImageField],
         outcome: _Outcome,
     ) -> AdmissionResponse:
@@ -235,7 +248,7 @@ class Admission:
             results = await self._backups(plans, request.dry_run, deadline)
         for plan in plans:
             self._settle(plan, results.get(plan.field.pointer), request.dry_run, outcome)
-        return self._response(obj, outcome)
+        return self._response(metadata, outcome)
 
     async def _backups(
         self, plans: list[ImagePlan], dry_run: bool, deadline: float
@@ -323,7 +336,7 @@ class Admission:
             outcome.failures.append(f"{image}: {_reason(result)}")
             outcome.count("failed")
 
-    def _response(self, obj: dict[str, object], outcome: _Outcome) -> AdmissionResponse:
+    def _response(self, metadata: ObjectMeta | None, outcome: _Outcome) -> AdmissionResponse:
         if outcome.failures and not self._allow_on_failure:
             count = len(outcome.failures)
             message = (
@@ -339,7 +352,7 @@ class Admission:
             ]
             outcome.counts["allowed_on_failure"] = len(outcome.failures)
         return AdmissionResponse(
-            patch=build_patch(obj, outcome.rewrites) or None, warnings=warnings or None
+            patch=build_patch(metadata, outcome.rewrites) or None, warnings=warnings or None
         )
 
     def _audit(

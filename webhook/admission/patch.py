@@ -11,11 +11,13 @@ from typing import Any
 
 import orjson
 
+from .objects import ObjectMeta
+
 ORIGINAL_IMAGES = "image-backup.io/original-images"
 
 
 def build_patch(
-    obj: Mapping[str, Any], rewrites: Mapping[str, tuple[str, str, str]]
+    metadata: ObjectMeta | None, rewrites: Mapping[str, tuple[str, str, str]]
 ) -> list[dict[str, Any]]:
     """`rewrites` maps a JSON pointer to (container, original image, new image)."""
     if not rewrites:
@@ -24,16 +26,15 @@ def build_patch(
         {"op": "replace", "path": pointer, "value": new}
         for pointer, (_, _, new) in rewrites.items()
     ]
-    metadata = obj.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    annotations = metadata.annotations if metadata is not None else None
     originals = _recorded(annotations)
     originals.update({container: original for container, original, _ in rewrites.values()})
     value = orjson.dumps(originals, option=orjson.OPT_SORT_KEYS).decode()
-    if not isinstance(metadata, dict):
+    if metadata is None:
         ops.append(
             {"op": "add", "path": "/metadata", "value": {"annotations": {ORIGINAL_IMAGES: value}}}
         )
-    elif not isinstance(annotations, dict):
+    elif annotations is None:
         ops.append(
             {"op": "add", "path": "/metadata/annotations", "value": {ORIGINAL_IMAGES: value}}
         )
@@ -43,13 +44,13 @@ def build_patch(
     return ops
 
 
-def _recorded(annotations: object) -> dict[str, str]:
+def _recorded(annotations: dict[str, str] | None) -> dict[str, str]:
     """What an earlier rewrite recorded, kept so an update adds to it rather than erasing it."""
-    if not isinstance(annotations, dict):
+    if not annotations:
         return {}
     try:
         recorded = orjson.loads(annotations.get(ORIGINAL_IMAGES) or "{}")
-    except (orjson.JSONDecodeError, TypeError):
+    except orjson.JSONDecodeError:
         return {}
     if not isinstance(recorded, dict):
         return {}

@@ -5,10 +5,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from .objects import KubeObject, Spec
+
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
 _TEMPLATE = ("spec", "template", "spec")
-# (API group, kind) -> keys from the object down to its pod spec.
+# (API group, kind) -> fields from the object down to its pod spec.
 POD_SPEC_PATHS: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "Pod"): ("spec",),
     ("", "PodTemplate"): ("template", "spec"),
@@ -33,34 +35,26 @@ def handles(group: str, kind: str) -> bool:
     return (group, kind) in POD_SPEC_PATHS
 
 
-def image_fields(group: str, kind: str, obj: dict[str, Any]) -> list[ImageField]:
-    """Every container image of the object's pod spec; malformed parts are skipped.
-
-    The API server validates the schema after us, so odd shapes are not ours to
-    reject, only not to crash on. This runs on every admission, hence the plain loops.
-    """
+def image_fields(group: str, kind: str, obj: KubeObject) -> list[ImageField]:
+    """Every container image of the object's pod spec, in the order of CONTAINER_LISTS."""
     path = POD_SPEC_PATHS.get((group, kind))
     if path is None:
         return []
     spec: Any = obj
-    for key in path:
-        spec = spec.get(key) if isinstance(spec, dict) else None
-    if not isinstance(spec, dict):
-        return []
+    for field in path:
+        spec = getattr(spec, field)
+        if spec is None:
+            return []
+    assert isinstance(spec, Spec)
     fields = []
     for list_name in CONTAINER_LISTS:
-        containers = spec.get(list_name)
-        if not isinstance(containers, list):
+        containers = getattr(spec, list_name)
+        if not containers:
             continue
         pointers = _pointers(path, list_name, len(containers))
         for index, container in enumerate(containers):
-            if not isinstance(container, dict):
-                continue
-            image, name = container.get("image"), container.get("name")
-            if isinstance(image, str) and image:
-                fields.append(
-                    ImageField(pointers[index], name if isinstance(name, str) else "", image)
-                )
+            if container.image:
+                fields.append(ImageField(pointers[index], container.name or "", container.image))
     return fields
 
 

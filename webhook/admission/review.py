@@ -4,15 +4,47 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
+import msgspec
 import orjson
 
 from .errors import BadReview
+from .objects import KubeObject
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
 OPERATIONS_WITH_OBJECT = frozenset({"CREATE", "UPDATE"})
+
+ObjectT = TypeVar("ObjectT")
+
+
+class _GroupVersionKind(msgspec.Struct):
+    group: str | None = None
+    kind: str | None = None
+
+
+class _Request(msgspec.Struct, Generic[ObjectT]):
+    uid: str | None = None
+    kind: _GroupVersionKind | None = None
+    operation: str | None = None
+    subResource: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    dryRun: bool | None = None
+    object: ObjectT | None = None
+
+
+class _Review(msgspec.Struct, Generic[ObjectT]):
+    apiVersion: str | None = None
+    kind: str | None = None
+    request: _Request[ObjectT] | None = None
+
+
+# Decoding into these types checks the types of every field read and skips the rest.
+_DECODE = msgspec.json.Decoder(_Review[KubeObject])
+# When that fails: whether the review itself is bad, or only the object inside it.
+_DECODE_ENVELOPE = msgspec.json.Decoder(_Review[Any])
 
 
 class AdmissionRequest(NamedTuple):
@@ -27,11 +59,14 @@ class AdmissionRequest(NamedTuple):
     namespace: str
     name: str
     dry_run: bool
-    object: dict[str, Any] | None  # None for DELETE and CONNECT
+    object: KubeObject | None  # None for DELETE and CONNECT, or when unreadable
+    unreadable: str | None  # why the object could not be read, if it could not
 
     @property
     def display_name(self) -> str:
-        name = self.name or _generated_name(self.object)
+        name = self.name
+        if not name and self.object is not None and self.object.metadata is not None:
+            name = self.object.metadata.name or self.object.metadata.generateName or ""
         return f"{self.namespace}/{name}" if self.namespace else name
 
 
@@ -45,40 +80,54 @@ class AdmissionResponse:
 
 
 def parse_review(body: bytes) -> AdmissionRequest:
-    """The request inside an AdmissionReview; BadReview (400) with a one-line reason otherwise."""
+    """The request inside an AdmissionReview; BadReview (400) with a one-line reason otherwise.
+
+    An object whose fields have unexpected types is not the review's fault: the request
+    comes back with `unreadable` saying why, for the caller to decide.
+    """
+    unreadable = None
     try:
-        review = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        review: _Review[Any] = _DECODE.decode(body)
+    except msgspec.ValidationError as exc:
+        review, unreadable = _envelope(body), _one_line(str(exc))
+    except msgspec.DecodeError as exc:
         raise BadReview(400, f"body is not valid JSON: {_one_line(str(exc))}") from None
-    if not isinstance(review, dict):
-        raise BadReview(400, "body is not a JSON object")
-    if review.get("apiVersion") != API_VERSION or review.get("kind") != KIND:
+    if review.apiVersion != API_VERSION or review.kind != KIND:
         raise BadReview(400, f"expected apiVersion {API_VERSION} and kind {KIND}")
-    request = review.get("request")
-    if not isinstance(request, dict):
+    request = review.request
+    if request is None:
         raise BadReview(400, "AdmissionReview has no request")
-    uid = request.get("uid")
-    if not isinstance(uid, str) or not uid:
+    if not request.uid:
         raise BadReview(400, "request has no uid")
-    operation = _text(request, "operation")
-    obj = request.get("object")
-    if operation in OPERATIONS_WITH_OBJECT and not isinstance(obj, dict):
-        raise BadReview(400, f"{operation} request has no object")
-    kind = request.get("kind")
-    if not isinstance(kind, dict):
+    if request.kind is None:
         raise BadReview(400, "request has no kind")
+    operation = request.operation or ""
+    obj = request.object
+    if operation in OPERATIONS_WITH_OBJECT and not isinstance(obj, KubeObject | dict):
+        raise BadReview(400, f"{operation} request has no object")
+    if not isinstance(obj, KubeObject):
+        obj = None
     # Positional: a named tuple built from keywords costs twice as much, on every admission.
     return AdmissionRequest(
-        uid,
-        _text(kind, "group"),
-        _text(kind, "kind"),
-        _text(request, "subResource"),
+        request.uid,
+        request.kind.group or "",
+        request.kind.kind or "",
+        request.subResource or "",
         operation,
-        _text(request, "namespace"),
-        _text(request, "name"),
-        request.get("dryRun") is True,
-        obj if isinstance(obj, dict) else None,
+        request.namespace or "",
+        request.name or "",
+        request.dryRun is True,
+        obj,
+        unreadable if obj is None and operation in OPERATIONS_WITH_OBJECT else None,
     )
+
+
+def _envelope(body: bytes) -> _Review[Any]:
+    try:
+        review: _Review[Any] = _DECODE_ENVELOPE.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadReview(400, f"not an AdmissionReview: {_one_line(str(exc))}") from None
+    return review
 
 
 def encode_response(uid: str, answer: AdmissionResponse) -> bytes:
@@ -93,25 +142,6 @@ def encode_response(uid: str, answer: AdmissionResponse) -> bytes:
     if answer.audit_annotations:
         response["auditAnnotations"] = answer.audit_annotations
     return orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "response": response})
-
-
-def _text(document: dict[str, Any], key: str) -> str:
-    value = document.get(key)
-    if type(value) is str:  # the common case first: this runs on every admission
-        return value
-    if value is None:
-        return ""
-    raise BadReview(400, f"request field {key!r} is not a string")
-
-
-def _generated_name(obj: dict[str, Any] | None) -> str:
-    metadata = obj.get("metadata") if obj else None
-    if isinstance(metadata, dict):
-        for key in ("name", "generateName"):
-            value = metadata.get(key)
-            if isinstance(value, str) and value:
-                return value
-    return ""
 
 
 def _one_line(text: str) -> str:

@@ -1,0 +1,45 @@
+"""The parts of a Kubernetes object the webhook reads, decoded straight from the request.
+
+Only these fields become Python objects; the rest of the object is skipped while
+decoding, and decoding is most of what answering a Pod from memory costs. Field
+names are the API's own, so a path of field names (pods.POD_SPEC_PATHS) is both
+the way down to a pod spec and the JSON pointer to it.
+"""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+
+class Container(Struct):
+    name: str | None = None
+    image: str | None = None
+
+
+class Spec(Struct):
+    """Every spec on the way to a pod spec: a pod spec's container lists, a workload's pod
+    template, a CronJob's job template. Each kind uses its own part of it."""
+
+    containers: list[Container] | None = None
+    initContainers: list[Container] | None = None
+    ephemeralContainers: list[Container] | None = None
+    template: Template | None = None
+    jobTemplate: Template | None = None
+
+
+class Template(Struct):
+    """A PodTemplateSpec or a JobTemplateSpec: only their spec matters here."""
+
+    spec: Spec | None = None
+
+
+class ObjectMeta(Struct):
+    name: str | None = None
+    generateName: str | None = None
+    annotations: dict[str, str] | None = None
+
+
+class KubeObject(Struct):
+    metadata: ObjectMeta | None = None
+    spec: Spec | None = None
+    template: Template | None = None  # a PodTemplate's
