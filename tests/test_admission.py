@@ -343,7 +343,7 @@ async def test_an_object_with_mistyped_fields_is_denied_saying_where(
 
     assert denied["allowed"] is False and "patch" not in denied
     message = denied["status"]["message"]
-    assert "cannot read the containers of this Deployment" in message
+    assert "cannot read this Deployment: " in message
     assert "$.request.object.spec.template.spec.containers[1].image" in message
     assert audited["allowed"] is True and "patch" not in audited
     assert "containers[1].image" in audited["warnings"][0]

@@ -213,7 +213,7 @@ class Admission:
     def _unreadable(self, request: AdmissionRequest, mode: Mode, started: float) -> bytes:
         """An object the API server would not have sent: its images cannot be known, so
         enforce denies it (unless onFailure is allow) and audit says so."""
-        reason = f"cannot read the containers of this {request.kind}: {request.unreadable}"
+        reason = f"cannot read this {request.kind}: {request.unreadable}"
         outcome = _Outcome(failures=[reason])
         if mode == "audit" or self._allow_on_failure:
             answer = AdmissionResponse(warnings=[_warning(f"image-backup: {reason}")])
