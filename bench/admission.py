@@ -71,11 +71,29 @@ PREFIX = "backup"  # where ours puts backups in the backup registry; skopeo copi
 
 
 @dataclass(frozen=True)
+class Medians:
+    """Each figure is the median over a row's runs, taken separately: a single disturbed
+    run does not decide a row."""
+
+    rate: float
+    p50_ms: float
+    p99_ms: float
+
+    @classmethod
+    def of(cls, loads: list[Load]) -> Medians:
+        return cls(
+            statistics.median(load.rate for load in loads),
+            statistics.median(load.p50_ms for load in loads),
+            statistics.median(load.p99_ms for load in loads),
+        )
+
+
+@dataclass(frozen=True)
 class HotRow:
     body: str
     concurrency: int
-    bare: Load
-    ours: Load
+    bare: Medians
+    ours: Medians
     bare_cpu_us: float  # the server's CPU time (user + system) per request
     ours_cpu_us: float
 
@@ -256,8 +274,8 @@ def hot_path(
 ) -> list[HotRow]:
     """Each (body, concurrency) `reps` times, the servers alternating; rows hold medians.
 
-    One run says little on a shared 2-CPU machine; the run with the median rate is
-    kept for each server, with the median CPU time per request.
+    One run says little on a shared 2-CPU machine; each figure of a row is the median of
+    its runs.
     """
     rows, runs = [], 0
     for name, body in bodies.items():
@@ -295,17 +313,13 @@ def hot_path(
                 HotRow(
                     name,
                     concurrency,
-                    _median_run(loads["bare"]),
-                    _median_run(loads["ours"]),
+                    Medians.of(loads["bare"]),
+                    Medians.of(loads["ours"]),
                     statistics.median(cpu["bare"]),
                     statistics.median(cpu["ours"]),
                 )
             )
     return rows
-
-
-def _median_run(loads: list[Load]) -> Load:
-    return sorted(loads, key=lambda load: load.rate)[len(loads) // 2]
 
 
 def admit_cold(
@@ -459,7 +473,7 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=5, help="per wrk run (default 5)")
     parser.add_argument(
-        "--hot-reps", type=int, default=3, help="alternating hot-path runs per row (default 3)"
+        "--hot-reps", type=int, default=5, help="alternating hot-path runs per row (default 5)"
     )
     parser.add_argument("--reps", type=int, default=3, help="cold repetitions (default 3)")
     parser.add_argument("--sample", default=str(SAMPLE), help="the AdmissionReview to send")
