@@ -2,7 +2,10 @@
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
-APT_PACKAGES = docker-registry skopeo openssl
+APT_PACKAGES = docker-registry skopeo openssl $(KUBECTL_PACKAGE)
+# kubectl renders manifests/ in the tests: Debian's, unless one is installed already (another
+# kubectl package would conflict with it).
+KUBECTL_PACKAGE = $(if $(shell command -v kubectl),,kubernetes-client)
 
 .PHONY: deps system-deps test lint demo bench clean
 
@@ -22,8 +25,8 @@ $(VENV)/.installed: pyproject.toml
 deps: system-deps $(VENV)/.installed
 
 lint: deps
-	$(VENV)/bin/ruff check webhook tests bench demo
-	$(VENV)/bin/ruff format --check webhook tests bench demo
+	$(VENV)/bin/ruff check webhook certs tests bench demo
+	$(VENV)/bin/ruff format --check webhook certs tests bench demo
 	$(VENV)/bin/mypy
 
 test: deps lint

@@ -1,4 +1,5 @@
-"""Shared fixtures: real registries, a token server, test images and a fault proxy.
+"""Shared fixtures: real registries, a token server, test images, a fault proxy and a fake
+Kubernetes API server.
 
 Everything lives under one session temp dir in /tmp, removed at the end of the session.
 Nothing here imports the product (``webhook``).
@@ -12,6 +13,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from tests.support.accounts import (
     READER_PASSWORD,
     TOKEN_POLICY,
 )
+from tests.support.fakekube import FakeKube
 from tests.support.faultproxy import FaultProxy, FaultProxyFactory
 from tests.support.registries import AuthMode, Registry, RegistryFactory, start_registry
 from tests.support.tls import TLSFiles, generate_tls
@@ -206,6 +209,19 @@ def unique_repo(request: pytest.FixtureRequest) -> str:
     """A fresh repository name: ``t/<test-name-slug>-<random>``."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     return f"t/{slug or 'test'}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    """A fake Kubernetes API server, empty; KUBECONFIG points at it for this test and the
+    processes it starts."""
+    kube = FakeKube.start()
+    try:
+        monkeypatch.setenv("KUBECONFIG", kube.write_kubeconfig(tmp_path / "kubeconfig"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield kube
+    finally:
+        kube.stop()
 
 
 @pytest.fixture(scope="session")

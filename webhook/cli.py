@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from certs.bootstrap import SECRET_NAME, Names, ensure_certificate, ensure_files, keep_files_current
+
 from . import config as config_module
 from .admission.handler import Admission
-from .config import Config
+from .config import Config, Server
 from .engine import open_engine
 from .events import EventLog
+from .kube.client import KubeError, api_client
 from .metrics import Metrics
 from .naming import BackupNameError
 from .offline import ManifestError, dump_documents, load_documents, review_documents
@@ -62,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         _fail(str(exc))
         return EXIT_USAGE
-    except (RegistryError, ServerError, CertificateError) as exc:
+    except (RegistryError, ServerError, CertificateError, KubeError) as exc:
         _fail(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -99,10 +104,17 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
     """The webhook: serve until SIGTERM, then finish the reviews in flight."""
     configure_logging()
     settings = config.server
-    # The certificate first: a missing one is the commonest deployment mistake, and it needs
-    # no registry to report.
-    certificate = ReloadingCertificate(settings.cert_file, settings.key_file)
-    certificate.load()
+    async with _self_signed(args, settings):
+        # The certificate first: a missing one is the commonest deployment mistake, and it
+        # needs no registry to report.
+        certificate = ReloadingCertificate(settings.cert_file, settings.key_file)
+        certificate.load()
+        await _serve_with(config, certificate)
+    return 0
+
+
+async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None:
+    settings = config.server
     metrics = Metrics()
     async with open_engine(config) as engine:
         events = EventLog()
@@ -117,7 +129,51 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
             )
         finally:
             reviewer.flush_records()
+
+
+@contextlib.asynccontextmanager
+async def _self_signed(args: argparse.Namespace, settings: Server) -> AsyncIterator[None]:
+    """With --self-signed: the certificate files from the shared Secret before serving, and
+    re-checked in the background while serving (ReloadingCertificate picks renewals up)."""
+    if not args.self_signed:
+        yield
+        return
+    names = _names(args)
+    with api_client() as api:
+        files = (settings.cert_file, settings.key_file)
+        await asyncio.to_thread(ensure_files, api, names, *files)
+        keeper = asyncio.create_task(
+            keep_files_current(api, names, *files, interval=args.cert_check_interval),
+            name="certificate-keeper",
+        )
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+
+async def _certs(args: argparse.Namespace, config: Config) -> int:
+    """One shot (a Job or an init container): the Secret and the caBundle, maybe the files."""
+    configure_logging()
+    names = _names(args)
+    with api_client() as api:
+        if args.write_dir is None:
+            await asyncio.to_thread(ensure_certificate, api, names)
+        else:
+            files = (args.write_dir / "tls.crt", args.write_dir / "tls.key")
+            await asyncio.to_thread(ensure_files, api, names, *files)
     return 0
+
+
+def _names(args: argparse.Namespace) -> Names:
+    namespace = args.namespace or config_module.own_namespace()
+    if not namespace:
+        raise config_module.ConfigError(
+            "--namespace is needed outside a pod (no POD_NAMESPACE, no service-account mount)"
+        )
+    return Names(namespace, args.service, args.webhook_config, args.secret)
 
 
 async def _review(args: argparse.Namespace, config: Config) -> int:
@@ -165,7 +221,7 @@ def _target(text: str, source: Reference) -> tuple[Repository, str | None]:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    if args.config:
+    if getattr(args, "config", None):
         return config_module.load(args.config)
     # Without a file, `--to` supplies the only registry we must know about.
     to = getattr(args, "to", None)
@@ -220,7 +276,31 @@ def _parser() -> argparse.ArgumentParser:
     serve_command.add_argument(
         "--config", metavar="FILE", required=True, help="configuration file (YAML)"
     )
+    serve_command.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="issue the certificate into the Secret, set the caBundle, write certFile/keyFile "
+        "and keep them renewed",
+    )
+    _add_certificate_options(serve_command, required=False)
+    serve_command.add_argument(
+        "--cert-check-interval",
+        metavar="SECONDS",
+        type=float,
+        default=3600.0,
+        help="with --self-signed: how often to re-check the certificate (default: hourly)",
+    )
     serve_command.set_defaults(command=_serve)
+
+    certs = commands.add_parser(
+        "certs",
+        help="create or renew the webhook's certificate in its Secret and set the caBundle",
+    )
+    _add_certificate_options(certs, required=True)
+    certs.add_argument(
+        "--write-dir", metavar="DIR", type=Path, help="also write tls.crt and tls.key here"
+    )
+    certs.set_defaults(command=_certs)
 
     review = commands.add_parser(
         "review",
@@ -238,3 +318,34 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
     review.set_defaults(command=_review)
     return parser
+
+
+def _add_certificate_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """Where the webhook runs; `serve` defaults them, `certs` wants them said."""
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        help="the webhook's namespace (default: POD_NAMESPACE or the service-account mount)",
+    )
+    default = None if required else "image-backup"
+    parser.add_argument(
+        "--service",
+        metavar="SVC",
+        required=required,
+        default=default,
+        help="the webhook's Service" + ("" if required else " (default: image-backup)"),
+    )
+    parser.add_argument(
+        "--webhook-config",
+        metavar="NAME",
+        required=required,
+        default=default,
+        help="the MutatingWebhookConfiguration whose caBundle to set"
+        + ("" if required else " (default: image-backup)"),
+    )
+    parser.add_argument(
+        "--secret",
+        metavar="NAME",
+        default=SECRET_NAME,
+        help=f"the Secret holding the certificate (default: {SECRET_NAME})",
+    )

@@ -109,19 +109,22 @@ class Server(_Section):
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
 
 
-def _own_namespace() -> str:
-    """The namespace this webhook runs in (downward API or the service-account mount)."""
+def own_namespace() -> str | None:
+    """The namespace this webhook runs in (downward API or the service-account mount), or
+    None outside a pod."""
     namespace = os.environ.get("POD_NAMESPACE")
     if namespace:
         return namespace
     try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or DEFAULT_NAMESPACE
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
     except OSError:
-        return DEFAULT_NAMESPACE
+        return None
 
 
 class Exclude(_Section):
-    namespaces: list[str] = Field(default_factory=lambda: [_own_namespace(), "kube-system"])
+    namespaces: list[str] = Field(
+        default_factory=lambda: [own_namespace() or DEFAULT_NAMESPACE, "kube-system"]
+    )
     images: list[str] = []  # glob patterns on the normalized reference
 
 

@@ -1,0 +1,561 @@
+"""The install manifests as `kubectl kustomize` renders them: valid against the Kubernetes API
+schemas, and consistent with the webhook itself (its routes, the kinds it reviews, its config
+loader, its shutdown time).
+
+The base and every overlay are rendered; most checks run on all of them, so an overlay cannot
+quietly undo what the base guarantees.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import shutil
+import subprocess
+from importlib.metadata import version
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from webhook.admission.pods import POD_SPEC_PATHS
+from webhook.config import Config, parse
+from webhook.metrics import Metrics
+from webhook.server import Mode, WebhookServer, build_app
+
+Obj = dict[str, Any]
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+BASE = "base"
+CERT_MANAGER = "overlays/cert-manager"
+OPENSHIFT = "overlays/openshift"
+NO_SECRET_READ = "overlays/no-secret-read"
+VARIANTS = (BASE, CERT_MANAGER, OPENSHIFT, NO_SECRET_READ)
+
+NAMESPACE = "image-backup"
+NAME = "image-backup"
+TLS_SECRET = "image-backup-tls"
+REGISTRY_SECRET = "image-backup-registry"
+OPENSHIFT_REGISTRY = "image-registry.openshift-image-registry.svc:5000"
+SERVICE_ACCOUNT_DIR = PurePosixPath("/var/run/secrets/kubernetes.io/serviceaccount")
+PLACEHOLDER_HOST = "registry.example.com"
+# The API the manifests are checked against, so no field of a later one creeps in
+# (pods/ephemeralcontainers, policy/v1 and the kubernetes.io/metadata.name label predate it).
+KUBERNETES_VERSION = "1.28"
+CLUSTER_SCOPED = {
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+}
+# Kustomization fields that both Debian's kubectl (embedded kustomize 2.0.3) and current
+# kustomize understand; newer ones (patches, components, labels) break the former.
+PORTABLE_KUSTOMIZATION_FIELDS = {
+    "apiVersion",
+    "kind",
+    "bases",
+    "resources",
+    "namespace",
+    "commonLabels",
+    "images",
+    "patchesStrategicMerge",
+    "patchesJson6902",
+    "configMapGenerator",
+    "generatorOptions",
+}
+READ_VERBS = {"get", "list", "watch"}
+WRITE_VERBS = {"create", "update", "patch", "delete"}
+
+
+@functools.cache
+def render(variant: str) -> tuple[Obj, ...]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl not found (make system-deps installs it)"
+    result = subprocess.run(
+        [kubectl, "kustomize", str(MANIFESTS / variant)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def only(objects: tuple[Obj, ...], kind: str) -> Obj:
+    found = [obj for obj in objects if obj["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container(objects: tuple[Obj, ...]) -> Obj:
+    webhook: Obj
+    (webhook,) = pod_spec(objects)["containers"]
+    return webhook
+
+
+def pod_spec(objects: tuple[Obj, ...]) -> Obj:
+    spec: Obj = only(objects, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def pod_labels(objects: tuple[Obj, ...]) -> dict[str, str]:
+    labels: dict[str, str] = only(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def config_text(objects: tuple[Obj, ...]) -> str:
+    text: str = only(objects, "ConfigMap")["data"]["config.yaml"]
+    return text
+
+
+def config_document(objects: tuple[Obj, ...]) -> Obj:
+    document: Obj = yaml.safe_load(config_text(objects))
+    return document
+
+
+def with_local_files(document: Any, root: Path) -> Any:
+    """The config with every absolute path moved under `root`, where an empty file is made.
+
+    The loader insists that credential and CA files exist; in the cluster the volumes provide
+    them (test_config_files_are_mounted checks that).
+    """
+    if isinstance(document, dict):
+        return {key: with_local_files(value, root) for key, value in document.items()}
+    if isinstance(document, list):
+        return [with_local_files(value, root) for value in document]
+    if isinstance(document, str) and document.startswith("/"):
+        local = root / document.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.touch()
+        return str(local)
+    return document
+
+
+def loaded_config(objects: tuple[Obj, ...], scratch: Path) -> Config:
+    return parse(with_local_files(config_document(objects), scratch), "config.yaml")
+
+
+class MountedFile(NamedTuple):
+    volume: Obj
+    path: str  # within the volume
+
+
+def mounted_file(objects: tuple[Obj, ...], path: str) -> MountedFile:
+    """The volume, and the path within it, that provide `path` inside the container."""
+    mounts = container(objects).get("volumeMounts", [])
+    candidates = [m for m in mounts if PurePosixPath(path).is_relative_to(m["mountPath"])]
+    assert candidates, f"{path} is on no volume"
+    mount = max(candidates, key=lambda m: len(m["mountPath"]))
+    (volume,) = [v for v in pod_spec(objects)["volumes"] if v["name"] == mount["name"]]
+    relative = str(PurePosixPath(path).relative_to(mount["mountPath"]))
+    return MountedFile(volume, relative)
+
+
+def projected_source(mounted: MountedFile) -> tuple[str, str, str]:
+    """(kind, object name, key) of the projected item that is this file."""
+    sources = mounted.volume["projected"]["sources"]
+    found = [
+        (kind, source[kind]["name"], item["key"])
+        for source in sources
+        for kind in ("configMap", "secret")
+        if kind in source
+        for item in source[kind]["items"]
+        if item["path"] == mounted.path
+    ]
+    assert len(found) == 1, f"{mounted.path} is not one item of {mounted.volume['name']}"
+    return found[0]
+
+
+def test_kustomizations_use_only_portable_fields() -> None:
+    """kubectl here may embed a newer kustomize than Debian's: check what it would refuse."""
+    kustomizations = sorted(MANIFESTS.rglob("kustomization.yaml"))
+    assert len(kustomizations) == len(VARIANTS)
+    for path in kustomizations:
+        document = yaml.safe_load(path.read_text())
+        assert set(document) <= PORTABLE_KUSTOMIZATION_FIELDS, path
+        # kustomize 2.0.3 reads only files from `resources`; directories go in `bases`.
+        for entry in document.get("resources", []):
+            assert (path.parent / entry).is_file(), f"{path}: {entry}"
+        for entry in document.get("bases", []):
+            assert (path.parent / entry / "kustomization.yaml").is_file(), f"{path}: {entry}"
+
+
+def test_objects_are_valid_for_the_kubernetes_api(variant: str) -> None:
+    """Strict: a misspelt or misplaced field fails, as `kubectl apply` would refuse it."""
+    for obj in render(variant):
+        if obj["apiVersion"].startswith("cert-manager.io/"):
+            continue  # not a Kubernetes API; test_cert_manager_overlay checks those
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(part) for part in exc.path)
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {path}: {exc.message}")
+
+
+def test_everything_is_in_its_own_namespace(variant: str) -> None:
+    objects = render(variant)
+    assert only(objects, "Namespace")["metadata"]["name"] == NAMESPACE
+    for obj in objects:
+        namespace = obj["metadata"].get("namespace")
+        expected = None if obj["kind"] in CLUSTER_SCOPED else NAMESPACE
+        assert namespace == expected, f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_webhook_entries(variant: str) -> None:
+    objects = render(variant)
+    configuration = only(objects, "MutatingWebhookConfiguration")
+    assert configuration["metadata"]["name"] == NAME
+    service = only(objects, "Service")
+    entries = {entry["name"]: entry for entry in configuration["webhooks"]}
+    expected = {
+        "enforce.image-backup.io": ("enforce", "/mutate", "Fail"),
+        "audit.image-backup.io": ("audit", "/audit", "Ignore"),
+    }
+    assert set(entries) == set(expected)
+    for name, (mode, path, failure_policy) in expected.items():
+        entry = entries[name]
+        assert len(name.split(".")) >= 3  # the API server's rule for webhook names
+        selector = entry["namespaceSelector"]
+        assert selector["matchLabels"] == {"image-backup.io/mode": mode}
+        assert {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": [NAMESPACE],
+        } in selector["matchExpressions"]
+        assert entry["clientConfig"]["service"] == {
+            "name": service["metadata"]["name"],
+            "namespace": service["metadata"]["namespace"],
+            "path": path,
+            "port": service["spec"]["ports"][0]["port"],
+        }
+        assert not entry["clientConfig"].get("caBundle")  # filled in the cluster
+        assert entry["failurePolicy"] == failure_policy
+        assert entry["sideEffects"] == "NoneOnDryRun"
+        assert entry["timeoutSeconds"] == 30
+        assert entry["reinvocationPolicy"] == "IfNeeded"
+        assert entry["matchPolicy"] == "Equivalent"
+        assert entry["admissionReviewVersions"] == ["v1"]
+
+
+def test_admission_budget_fits_the_webhook_timeout(variant: str, tmp_path: Path) -> None:
+    objects = render(variant)
+    config = loaded_config(objects, tmp_path)
+    for entry in only(objects, "MutatingWebhookConfiguration")["webhooks"]:
+        assert config.admission_budget_seconds < entry["timeoutSeconds"]
+
+
+def reviewed_resources(entry: Obj) -> set[tuple[str, str]]:
+    resources = set()
+    for rule in entry["rules"]:
+        assert sorted(rule["operations"]) == ["CREATE", "UPDATE"]
+        assert rule["scope"] == "Namespaced"
+        assert rule["apiVersions"] == ["v1"]
+        (group,) = rule["apiGroups"]
+        resources |= {(group, resource) for resource in rule["resources"]}
+    return resources
+
+
+def test_rules_cover_every_kind_the_webhook_handles(variant: str) -> None:
+    """Exactly the handled kinds: any other kind would only cost a round trip."""
+    handled = {(group, kind.lower() + "s") for group, kind in POD_SPEC_PATHS}
+    handled.add(("", "pods/ephemeralcontainers"))  # `kubectl debug` adds containers there
+    if variant != OPENSHIFT:
+        handled.remove(("apps.openshift.io", "deploymentconfigs"))
+    for entry in only(render(variant), "MutatingWebhookConfiguration")["webhooks"]:
+        assert reviewed_resources(entry) == handled, entry["name"]
+
+
+def served_routes() -> set[tuple[str, str]]:
+    class NoReviews:
+        async def review(self, body: bytes, mode: Mode) -> bytes:
+            raise AssertionError("not called")
+
+        async def backup_registry_answers(self) -> bool:
+            raise AssertionError("not called")
+
+    app = build_app(NoReviews(), Metrics(), max_body_bytes=1024)
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+    }
+
+
+def container_port(objects: tuple[Obj, ...], port: int | str) -> int:
+    """A port as a probe or Service names it (number or name), as the container's number."""
+    ports = container(objects)["ports"]
+    found = [p["containerPort"] for p in ports if port in (p.get("name"), p["containerPort"])]
+    assert len(found) == 1, f"port {port!r} is not a container port"
+    number: int = found[0]
+    return number
+
+
+def test_the_service_and_probes_reach_the_server(variant: str, tmp_path: Path) -> None:
+    objects = render(variant)
+    server_port = loaded_config(objects, tmp_path).server.port
+    routes = served_routes()
+    webhook = container(objects)
+    for probe_name, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        probe = webhook[probe_name]["httpGet"]
+        assert probe["path"] == path
+        assert ("GET", probe["path"]) in routes
+        assert probe["scheme"] == "HTTPS"
+        assert container_port(objects, probe["port"]) == server_port
+    for entry in only(objects, "MutatingWebhookConfiguration")["webhooks"]:
+        assert ("POST", entry["clientConfig"]["service"]["path"]) in routes
+    service = only(objects, "Service")
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 443
+    assert container_port(objects, port["targetPort"]) == server_port
+    assert service["spec"]["selector"].items() <= pod_labels(objects).items()
+
+
+def test_deployment_runs_locked_down(variant: str) -> None:
+    objects = render(variant)
+    deployment = only(objects, "Deployment")
+    spec = pod_spec(objects)
+    webhook = container(objects)
+    assert deployment["spec"]["replicas"] == 2
+    assert spec["serviceAccountName"] == only(objects, "ServiceAccount")["metadata"]["name"]
+    pod_security = spec["securityContext"]
+    security = webhook["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    ids = {"runAsUser", "runAsGroup", "fsGroup"}
+    if variant == OPENSHIFT:
+        # The restricted SCC assigns the namespace's UID range; a fixed one is refused.
+        assert not ids & (pod_security.keys() | security.keys())
+    else:
+        assert {key: pod_security[key] for key in ids} == dict.fromkeys(ids, 65532)
+        assert "runAsUser" not in security
+    for kind in ("requests", "limits"):
+        assert set(webhook["resources"][kind]) == {"cpu", "memory"}
+
+
+def test_deployment_image_is_this_version(variant: str) -> None:
+    image = container(render(variant))["image"]
+    assert image == f"image-backup-webhook:{version('image-backup-webhook')}"
+
+
+def test_deployment_knows_its_pod(variant: str) -> None:
+    env = {item["name"]: item for item in container(render(variant))["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_shutdown_fits_the_grace_period(variant: str) -> None:
+    """SIGTERM comes after preStop; the server then drains for up to its shutdown timeout."""
+    spec = pod_spec(render(variant))
+    command = container(render(variant))["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    drain = inspect.signature(WebhookServer).parameters["shutdown_timeout"].default
+    assert spec["terminationGracePeriodSeconds"] > float(command[1]) + drain
+
+
+def test_replicas_spread_and_survive_disruptions(variant: str) -> None:
+    objects = render(variant)
+    labels = pod_labels(objects).items()
+    (spread,) = pod_spec(objects)["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"].items() <= labels
+    budget = only(objects, "PodDisruptionBudget")["spec"]
+    assert budget["minAvailable"] == 1
+    assert budget["selector"]["matchLabels"].items() <= labels
+    assert only(objects, "Deployment")["spec"]["selector"]["matchLabels"].items() <= labels
+
+
+def test_only_tmp_and_the_certificate_are_writable(variant: str) -> None:
+    """With a read-only root, /tmp and the TLS directory must be volumes of their own."""
+    objects = render(variant)
+    tmp = mounted_file(objects, "/tmp/x")
+    assert tmp.path == "x" and "emptyDir" in tmp.volume
+    server = config_document(objects)["server"]
+    certificate = mounted_file(objects, server["certFile"])
+    key = mounted_file(objects, server["keyFile"])
+    assert certificate.volume == key.volume
+    assert (certificate.path, key.path) == ("tls.crt", "tls.key")  # a kubernetes.io/tls Secret
+    if variant == CERT_MANAGER:
+        assert certificate.volume["secret"] == {"secretName": TLS_SECRET}
+    else:
+        assert "emptyDir" in certificate.volume  # written by the server itself (--self-signed)
+
+
+def test_self_signed_unless_cert_manager(variant: str) -> None:
+    assert ("--self-signed" in container(render(variant))["args"]) == (variant != CERT_MANAGER)
+
+
+def test_config_files_are_mounted(variant: str) -> None:
+    """Every file the arguments and the config name comes from the right object."""
+    objects = render(variant)
+    args = container(objects)["args"]
+    assert args[:2] == ["serve", "--config"]
+    config_map = only(objects, "ConfigMap")["metadata"]["name"]
+    config_file = projected_source(mounted_file(objects, args[2]))
+    assert config_file == ("configMap", config_map, "config.yaml")
+    config = config_document(objects)
+    docker_config = projected_source(mounted_file(objects, config["credentials"]["dockerConfig"]))
+    assert docker_config == ("secret", REGISTRY_SECRET, ".dockerconfigjson")
+    assert not any(obj["metadata"]["name"] == REGISTRY_SECRET for obj in objects)  # yours
+    for registry in config.get("registries", []):
+        for key in ("caFile", "tokenFile"):
+            # In every pod whose ServiceAccount token is mounted (on OpenShift with the CA).
+            assert PurePosixPath(registry[key]).parent == SERVICE_ACCOUNT_DIR
+            assert pod_spec(objects).get("automountServiceAccountToken", True)
+
+
+def test_config_is_accepted_by_the_webhook(variant: str, tmp_path: Path) -> None:
+    objects = render(variant)
+    config = loaded_config(objects, tmp_path)
+    assert config.backup_registry.host == PLACEHOLDER_HOST
+    (line,) = [line for line in config_text(objects).splitlines() if PLACEHOLDER_HOST in line]
+    assert "CHANGE THIS" in line
+    assert config.server.port == container_port(objects, "https")
+    document = config_document(objects)
+    registries = document.get("registries", [])
+    if variant == OPENSHIFT:
+        assert registries == [
+            {
+                "host": OPENSHIFT_REGISTRY,
+                "caFile": str(SERVICE_ACCOUNT_DIR / "service-ca.crt"),
+                "tokenFile": str(SERVICE_ACCOUNT_DIR / "token"),
+            }
+        ]
+        assert [registry.host for registry in config.registries] == [OPENSHIFT_REGISTRY]
+        # The overlay replaces the whole file: the rest must not drift from the base's.
+        del document["registries"]
+        assert document == config_document(render(BASE))
+    else:
+        assert registries == []
+
+
+Grant = tuple[str | None, str, str, str, str | None]
+
+
+def grants(objects: tuple[Obj, ...]) -> set[Grant]:
+    """What the webhook's ServiceAccount may do: (namespace or None for cluster-wide, group,
+    resource, verb, resource name or None for any)."""
+    account = only(objects, "ServiceAccount")["metadata"]
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if "rules" in o}
+    found: set[Grant] = set()
+    for binding in objects:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+        ]
+        ref = binding["roleRef"]
+        if ref["name"].startswith("system:"):
+            continue  # defined by the platform (OpenShift's image puller)
+        role = roles[ref["kind"], ref["name"]]
+        namespace = binding["metadata"].get("namespace")
+        assert role["metadata"].get("namespace") == namespace
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), rule
+            found |= {
+                (namespace, group, resource, verb, name)
+                for group in rule["apiGroups"]
+                for resource in rule["resources"]
+                for verb in rule["verbs"]
+                for name in rule.get("resourceNames") or [None]
+            }
+    return found
+
+
+def test_rbac_is_least_privilege(variant: str) -> None:
+    def grant(namespace: str | None, group: str, resource: str, *verbs: str) -> set[Grant]:
+        return {(namespace, group, resource, verb, None) for verb in verbs}
+
+    expected = (
+        grant(None, "", "serviceaccounts", "get", "list", "watch")
+        | grant(None, "", "events", "create", "patch")
+        | grant(None, "events.k8s.io", "events", "create", "patch")
+        | grant(NAMESPACE, "image-backup.io", "imagebackups", *READ_VERBS, *WRITE_VERBS)
+        | grant(NAMESPACE, "image-backup.io", "imagebackups/status", "get", "update", "patch")
+        | grant(NAMESPACE, "coordination.k8s.io", "leases", *READ_VERBS, *WRITE_VERBS - {"delete"})
+    )
+    if variant != NO_SECRET_READ:
+        expected |= grant(None, "", "secrets", *READ_VERBS)  # workloads' pull secrets
+    if variant != CERT_MANAGER:
+        # The server keeps its own certificate and the webhook configuration's caBundle: only
+        # those objects, by name (creating cannot be limited by name).
+        expected |= {(NAMESPACE, "", "secrets", v, TLS_SECRET) for v in ("get", "update", "patch")}
+        expected |= grant(NAMESPACE, "", "secrets", "create")
+        expected |= {
+            (None, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", verb, NAME)
+            for verb in ("get", "patch")
+        }
+    assert grants(render(variant)) == expected
+
+
+def test_imagebackup_resource(variant: str) -> None:
+    definition = only(render(variant), "CustomResourceDefinition")
+    spec = definition["spec"]
+    assert definition["metadata"]["name"] == "imagebackups.image-backup.io"
+    assert spec["group"] == "image-backup.io"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == "ImageBackup"
+    assert spec["names"]["plural"] == "imagebackups"
+    assert spec["names"]["shortNames"] == ["ib"]
+    (served,) = spec["versions"]
+    assert (served["name"], served["served"], served["storage"]) == ("v1alpha1", True, True)
+    assert served["subresources"] == {"status": {}}
+    schema = served["schema"]["openAPIV3Schema"]["properties"]
+    assert schema["status"]["properties"]["phase"]["enum"] == ["Copying", "Ready", "Failed"]
+    assert schema["spec"]["properties"]["size"]["type"] == "integer"
+    assert schema["spec"]["properties"]["platforms"]["items"] == {"type": "string"}
+    for field in ("heartbeat", "firstUsed", "lastUsed"):
+        assert schema["status"]["properties"][field]["format"] == "date-time"
+    columns = {column["name"]: column for column in served["additionalPrinterColumns"]}
+    assert list(columns) == [
+        "Source",
+        "Backup",
+        "Phase",
+        "Size",
+        "First Used",
+        "Last Used",
+        "Age",
+    ]
+    assert columns["First Used"]["type"] == "date"
+    for column in columns.values():
+        # Each column shows a field the schema defines (a typo would show an empty column).
+        section, field = column["jsonPath"].removeprefix(".").split(".")
+        if section != "metadata":
+            assert field in schema[section]["properties"], column
+
+
+def test_cert_manager_overlay() -> None:
+    """cert-manager's kinds are not in the Kubernetes schemas: checked field by field."""
+    objects = render(CERT_MANAGER)
+    issuer = only(objects, "Issuer")
+    certificate = only(objects, "Certificate")
+    for obj in (issuer, certificate):
+        assert obj["apiVersion"] == "cert-manager.io/v1"
+    assert issuer["spec"] == {"selfSigned": {}}
+    spec = certificate["spec"]
+    assert spec["secretName"] == TLS_SECRET
+    assert spec["issuerRef"] == {"kind": "Issuer", "name": issuer["metadata"]["name"]}
+    service = only(objects, "Service")["metadata"]
+    name, namespace = service["name"], service["namespace"]
+    assert spec["dnsNames"] == [
+        name,
+        f"{name}.{namespace}",
+        f"{name}.{namespace}.svc",
+        f"{name}.{namespace}.svc.cluster.local",
+    ]
+    annotations = only(objects, "MutatingWebhookConfiguration")["metadata"]["annotations"]
+    injected = f"{certificate['metadata']['namespace']}/{certificate['metadata']['name']}"
+    assert annotations["cert-manager.io/inject-ca-from"] == injected

@@ -1,0 +1,88 @@
+"""A configured Kubernetes API client, and errors that are safe to print.
+
+In a pod the service account is used; elsewhere KUBECONFIG (or ``~/.kube/config``), as
+kubectl would. Error messages never carry tokens or headers: only the API server's own
+``Status`` message, or why it could not be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+
+import urllib3
+from kubernetes import client, config
+
+TIMEOUT_SECONDS = 30.0  # per request: a hung connection must not hang start-up
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed; the message is one line. ``status`` is the HTTP status
+    (None when the API server was not reached) and ``reason`` the Status reason."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster when KUBERNETES_SERVICE_HOST is set, else from KUBECONFIG."""
+    configuration = client.Configuration()
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        else:
+            # The client reads KUBECONFIG once, when it is imported: name the file as it is now.
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                os.environ.get("KUBECONFIG", "~/.kube/config"),
+                client_configuration=configuration,
+            )
+    except config.ConfigException as exc:
+        raise KubeError(f"no Kubernetes configuration: {_one_line(str(exc))}") from None
+    return client.ApiClient(configuration)
+
+
+@contextlib.contextmanager
+def translated(api: client.ApiClient, doing: str) -> Iterator[None]:
+    """Turn the client's exceptions into a KubeError saying what was being done."""
+    try:
+        yield
+    except client.ApiException as exc:
+        if not exc.status:  # TLS failed: the client reports it as status 0
+            raise _unreachable(api, doing, str(exc.reason)) from None
+        status = _status(exc.body)
+        message = status.get("message") or exc.reason or "failed"
+        raise KubeError(
+            f"{doing}: {exc.status} {_one_line(str(message))}",
+            exc.status,
+            str(status.get("reason") or ""),
+        ) from None
+    except urllib3.exceptions.HTTPError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise _unreachable(api, doing, str(reason)) from None
+
+
+def _unreachable(api: client.ApiClient, doing: str, reason: str) -> KubeError:
+    # urllib3 names its connection objects ("<...HTTPSConnection object at 0x...>: ..."): noise.
+    reason = _one_line(re.sub(r"<[^>]*>:?\s*", "", reason))
+    return KubeError(
+        f"{doing}: cannot reach the Kubernetes API at {api.configuration.host}: {reason}"
+    )
+
+
+def _status(body: object) -> dict[str, object]:
+    try:
+        status = json.loads(body) if isinstance(body, str | bytes) else None
+    except ValueError:
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
