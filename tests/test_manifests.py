@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from webhook.admission.pods import POD_SPEC_PATHS
+from webhook.cli import _parser as cli_parser
+from webhook.cli import _serve as cli_serve
 from webhook.config import Config, parse
 from webhook.metrics import Metrics
 from webhook.server import Mode, WebhookServer, build_app
@@ -395,6 +397,13 @@ def test_only_tmp_and_the_certificate_are_writable(variant: str) -> None:
 
 def test_self_signed_unless_cert_manager(variant: str) -> None:
     assert ("--self-signed" in container(render(variant))["args"]) == (variant != CERT_MANAGER)
+
+
+def test_the_command_line_accepts_the_arguments(variant: str) -> None:
+    # The image's ENTRYPOINT is image-backup: the container's args go to its parser.
+    args = cli_parser().parse_args(container(render(variant))["args"])
+    assert args.command is cli_serve
+    assert args.self_signed == (variant != CERT_MANAGER)
 
 
 def test_config_files_are_mounted(variant: str) -> None:
