@@ -114,11 +114,19 @@ _Record = tuple[_Summary, bytes, str, float, float]
 
 @dataclass(frozen=True, slots=True)
 class _Decision:
-    """A whole answer made from memory, stored encoded around the request's uid."""
+    """A whole answer, encoded around the request's uid; one made from memory is kept."""
 
     head: bytes
     tail: bytes
     summary: _Summary
+
+    @classmethod
+    def of(
+        cls, request: AdmissionRequest, mode: Mode, answer: AdmissionResponse, outcome: _Outcome
+    ) -> _Decision:
+        summary = _Summary.of(request, mode, _decision_of(answer), outcome)
+        head, tail = encode_response("", answer).split(b'"uid":""', 1)
+        return cls(head + b'"uid":', tail, summary)
 
 
 class Admission:
@@ -184,19 +192,14 @@ class Admission:
         )
         known = self._decisions.get(key)
         if known is not None:
-            decision, uid = known[0], orjson.dumps(request.uid)
-            self._record(decision.summary, request, uid, started)
-            return decision.head + uid + decision.tail
+            return self._reply(known[0], request, started)
         outcome = _Outcome()
         answer = await self._answer(request, mode, metadata, fields, outcome)
-        summary = _Summary.of(request, mode, _decision_of(answer), outcome)
-        self._record(summary, request, orjson.dumps(request.uid), started)
-        encoded = encode_response(request.uid, answer)
+        decision = _Decision.of(request, mode, answer, outcome)
         if outcome.from_memory:
-            head, tail = encode_response("", answer).split(b'"uid":""', 1)
             ttl = None if outcome.valid_until is None else outcome.valid_until - time.monotonic()
-            self._decisions.put(key, _Decision(head + b'"uid":', tail, summary), ttl)
-        return encoded
+            self._decisions.put(key, decision, ttl)
+        return self._reply(decision, request, started)
 
     def _answered(
         self,
@@ -206,9 +209,13 @@ class Admission:
         outcome: _Outcome,
         started: float,
     ) -> bytes:
-        summary = _Summary.of(request, mode, _decision_of(answer), outcome)
-        self._record(summary, request, orjson.dumps(request.uid), started)
-        return encode_response(request.uid, answer)
+        return self._reply(_Decision.of(request, mode, answer, outcome), request, started)
+
+    def _reply(self, decision: _Decision, request: AdmissionRequest, started: float) -> bytes:
+        """The encoded answer with this request's uid spliced in, noted for the records."""
+        uid = orjson.dumps(request.uid)
+        self._record(decision.summary, request, uid, started)
+        return decision.head + uid + decision.tail
 
     def _unreadable(self, request: AdmissionRequest, mode: Mode, started: float) -> bytes:
         """An object the API server would not have sent: its images cannot be known, so
