@@ -17,8 +17,9 @@ from certs.bootstrap import SECRET_NAME, Names, ensure_certificate, ensure_files
 
 from . import config as config_module
 from .admission.handler import Admission
+from .cluster import connect
 from .config import Config, Server
-from .engine import open_engine
+from .engine import configured_credentials, open_engine
 from .events import EventLog
 from .kube.client import KubeError, api_client
 from .metrics import Metrics
@@ -116,9 +117,13 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None:
     settings = config.server
     metrics = Metrics()
-    async with open_engine(config) as engine:
+    async with (
+        open_engine(config) as engine,
+        connect(config, configured_credentials(config)) as cluster,
+    ):
         events = EventLog()
-        reviewer = Admission(engine, config, metrics, events)
+        pull = cluster.pull if cluster is not None else None
+        reviewer = Admission(engine, config, metrics, events, pull)
         try:
             await serve(
                 reviewer,

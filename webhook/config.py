@@ -94,6 +94,8 @@ class SourceRegistry(_Section):
 
 class Credentials(_Section):
     docker_config: FilePath | None = None
+    # How long a workload's pull secrets are used before they are read again.
+    pull_secrets_cache_seconds: float = Field(60.0, gt=0)
 
 
 class CopySettings(_Section):

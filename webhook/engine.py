@@ -12,14 +12,18 @@ from .registry.credentials import DockerConfig
 from .registry.transport import Transport
 
 
+def configured_credentials(config: Config) -> DockerConfig:
+    """The webhook's own registry logins (credentials.dockerConfig), or none."""
+    path = config.credentials.docker_config
+    return DockerConfig.load(path) if path else DockerConfig()
+
+
 @asynccontextmanager
 async def open_engine(
     config: Config, progress: Progress | None = None
 ) -> AsyncIterator[CopyEngine]:
-    docker_config_path = config.credentials.docker_config
-    docker_config = DockerConfig.load(docker_config_path) if docker_config_path else None
     settings = config.copy_settings
-    async with Transport(config.endpoints(), docker_config) as transport:
+    async with Transport(config.endpoints(), configured_credentials(config)) as transport:
         yield CopyEngine(
             RegistryClient(transport),
             config.backup_registry.scheme(),

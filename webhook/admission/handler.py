@@ -6,7 +6,7 @@ import asyncio
 import fnmatch
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -17,11 +17,12 @@ from ..reference import Reference
 from ..registry.cache import ExpiringCache
 from ..registry.client import Repository
 from ..registry.copy import CopyEngine, CopyResult
+from ..registry.credentials import DockerConfig
 from ..registry.errors import RegistryError
 from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
 from .plan import Action, ImagePlan, Planner
-from .pods import ImageField, handles, image_fields
+from .pods import ImageField, handles, image_fields, pod_spec, pull_identity
 from .review import (
     OPERATIONS_WITH_OBJECT,
     AdmissionRequest,
@@ -31,6 +32,18 @@ from .review import (
 )
 
 Mode = Literal["enforce", "audit"]
+# Whose pull credentials a pod gets: namespace, ServiceAccount, imagePullSecrets.
+Identity = tuple[str, str, tuple[str, ...]]
+
+
+class PullKeyrings(Protocol):
+    async def keyring(
+        self, namespace: str, service_account: str, secret_names: tuple[str, ...]
+    ) -> tuple[DockerConfig, float | None]:
+        """The pod's registry credentials, and until when (time.monotonic()) they are
+        fresh; None: for good."""
+        ...
+
 
 SKIP_ANNOTATION = "image-backup.io/skip"
 # The API server prefixes audit annotation keys with the webhook's name and drops keys
@@ -136,8 +149,11 @@ class Admission:
         config: Config,
         metrics: Metrics,
         events: EventLog | None = None,
+        pull: PullKeyrings | None = None,
     ) -> None:
+        """`pull` None: copies use the configured credentials only (no cluster to ask)."""
         self._engine = engine
+        self._pull = pull
         self._events = events  # None: no event lines (offline review prints manifests instead)
         self._metrics = metrics
         self._budget = config.admission_budget_seconds
@@ -168,7 +184,8 @@ class Admission:
         obj = request.object
         if obj is None:
             return self._unreadable(request, mode, started)
-        fields = image_fields(request.group, request.kind, obj)
+        spec = pod_spec(request.group, request.kind, obj)
+        fields = image_fields(request.group, request.kind, spec) if spec is not None else []
         if not fields:
             return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
         metadata = obj.metadata
@@ -177,6 +194,8 @@ class Admission:
             outcome = _Outcome(counts={Action.EXCLUDED.value: len(fields)})
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
         recorded = annotations.get(ORIGINAL_IMAGES) if annotations is not None else None
+        assert spec is not None
+        account, pull_secrets = pull_identity(spec)
         # Everything an answer made from memory depends on, the uid aside; the shape of
         # the metadata decides how the patch adds the annotation.
         key = (
@@ -188,13 +207,17 @@ class Admission:
             metadata is not None,
             annotations is not None,
             recorded,
+            account,
+            pull_secrets,
             tuple(fields),
         )
         known = self._decisions.get(key)
         if known is not None:
             return self._reply(known[0], request, started)
         outcome = _Outcome()
-        answer = await self._answer(request, mode, metadata, fields, outcome)
+        answer = await self._answer(
+            request, mode, metadata, (request.namespace, account, pull_secrets), fields, outcome
+        )
         decision = _Decision.of(request, mode, answer, outcome)
         if outcome.from_memory:
             ttl = None if outcome.valid_until is None else outcome.valid_until - time.monotonic()
@@ -242,23 +265,32 @@ class Admission:
         request: AdmissionRequest,
         mode: Mode,
         metadata: ObjectMeta | None,
+        identity: Identity,
         fields: list[ImageField],
         outcome: _Outcome,
     ) -> AdmissionResponse:
-        plans = self._planner.plan(fields)
+        deadline = time.monotonic() + self._budget
+        keyring = None
+        if self._pull is not None:
+            keyring, fresh_until = await self._pull.keyring(*identity)
+            outcome.trust_until(fresh_until)
+        plans = self._planner.plan(fields, keyring)
         if mode == "audit":
             return self._audit(request, plans, outcome)
-        deadline = time.monotonic() + self._budget
         results = {}
         if any(plan.action is Action.BACK_UP for plan in plans):
             outcome.from_memory = False
-            results = await self._backups(plans, request.dry_run, deadline)
+            results = await self._backups(plans, request.dry_run, keyring, deadline)
         for plan in plans:
             self._settle(plan, results.get(plan.field.pointer), request.dry_run, outcome)
         return self._response(metadata, outcome)
 
     async def _backups(
-        self, plans: list[ImagePlan], dry_run: bool, deadline: float
+        self,
+        plans: list[ImagePlan],
+        dry_run: bool,
+        keyring: DockerConfig | None,
+        deadline: float,
     ) -> dict[str, CopyResult | BaseException | None]:
         """Run the copies (or, in a dry run, the read-only lookups) for images that need them.
 
@@ -271,7 +303,11 @@ class Admission:
         tasks: dict[str, asyncio.Task[CopyResult | None]] = {}
         for pointer, source in wanted.items():
             assert source is not None
-            work = self._engine.lookup(source, deadline=deadline) if dry_run else self._copy(source)
+            work = (
+                self._engine.lookup(source, deadline=deadline, keyring=keyring)
+                if dry_run
+                else self._copy(source, keyring)
+            )
             task = asyncio.ensure_future(work)
             tasks[pointer] = task
             if not dry_run:
@@ -296,10 +332,12 @@ class Admission:
         if not task.cancelled():
             task.exception()  # counted in the metrics already; the next request reports it
 
-    async def _copy(self, source: Reference) -> CopyResult:
+    async def _copy(self, source: Reference, keyring: DockerConfig | None) -> CopyResult:
         started = time.monotonic()
         try:
-            result = await self._engine.backup(source, deadline=started + self._copy_timeout)
+            result = await self._engine.backup(
+                source, deadline=started + self._copy_timeout, keyring=keyring
+            )
         except Exception:
             self._metrics.copies.labels("failed").inc()
             raise

@@ -16,13 +16,21 @@ class Container(Struct):
     image: str | None = None
 
 
+class LocalObjectReference(Struct):
+    name: str | None = None
+
+
 class Spec(Struct):
-    """Every spec on the way to a pod spec: a pod spec's container lists, a workload's pod
-    template, a CronJob's job template. Each kind uses its own part of it."""
+    """Every spec on the way to a pod spec: a pod spec's container lists and pull
+    credentials, a workload's pod template, a CronJob's job template. Each kind uses its
+    own part of it."""
 
     containers: list[Container] | None = None
     initContainers: list[Container] | None = None
     ephemeralContainers: list[Container] | None = None
+    imagePullSecrets: list[LocalObjectReference] | None = None
+    serviceAccountName: str | None = None
+    serviceAccount: str | None = None  # the deprecated alias, still honoured by the API server
     template: Template | None = None
     jobTemplate: Template | None = None
 
@@ -33,10 +41,20 @@ class Template(Struct):
     spec: Spec | None = None
 
 
+class OwnerReference(Struct):
+    apiVersion: str | None = None
+    kind: str | None = None
+    name: str | None = None
+    uid: str | None = None
+    controller: bool | None = None
+
+
 class ObjectMeta(Struct):
     name: str | None = None
     generateName: str | None = None
+    uid: str | None = None
     annotations: dict[str, str] | None = None
+    ownerReferences: list[OwnerReference] | None = None
 
 
 class KubeObject(Struct):

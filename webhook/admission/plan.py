@@ -16,6 +16,7 @@ from ..naming import BackupNameError, Scheme
 from ..reference import InvalidReference, Reference, parse
 from ..registry.client import Repository
 from ..registry.copy import CopyEngine, CopyResult
+from ..registry.credentials import DockerConfig
 from .pods import ImageField
 
 
@@ -55,7 +56,10 @@ class Planner:
         # The same few image strings arrive again and again: read each once.
         self._read = lru_cache(maxsize=4096)(self._read_uncached)
 
-    def plan(self, fields: Sequence[ImageField]) -> list[ImagePlan]:
+    def plan(
+        self, fields: Sequence[ImageField], keyring: DockerConfig | None = None
+    ) -> list[ImagePlan]:
+        """`keyring`: the workload's pull credentials; a backup is only known for those."""
         plans = []
         for field in fields:
             reading = self._read(field.image)
@@ -65,7 +69,7 @@ class Planner:
                 )
                 continue
             assert reading.source is not None
-            cached = self._engine.cached(reading.source, reading.target)
+            cached = self._engine.cached(reading.source, reading.target, keyring)
             if cached is not None:
                 result, valid_until = cached
                 plans.append(

@@ -35,17 +35,31 @@ def handles(group: str, kind: str) -> bool:
     return (group, kind) in POD_SPEC_PATHS
 
 
-def image_fields(group: str, kind: str, obj: KubeObject) -> list[ImageField]:
-    """Every container image of the object's pod spec, in the order of CONTAINER_LISTS."""
+def pod_spec(group: str, kind: str, obj: KubeObject) -> Spec | None:
+    """The object's pod spec, if it has one."""
     path = POD_SPEC_PATHS.get((group, kind))
     if path is None:
-        return []
+        return None
     spec: Any = obj
     for field in path:
         spec = getattr(spec, field)
         if spec is None:
-            return []
+            return None
     assert isinstance(spec, Spec)
+    return spec
+
+
+def pull_identity(spec: Spec) -> tuple[str, tuple[str, ...]]:
+    """Whose pull credentials a pod of this spec gets: its ServiceAccount (``default`` when
+    none is named, as the API server defaults it) and its imagePullSecrets, in order."""
+    account = spec.serviceAccountName or spec.serviceAccount or "default"
+    secrets = spec.imagePullSecrets or ()
+    return account, tuple(secret.name for secret in secrets if secret.name)
+
+
+def image_fields(group: str, kind: str, spec: Spec) -> list[ImageField]:
+    """Every container image of a pod spec of that kind, in the order of CONTAINER_LISTS."""
+    path = POD_SPEC_PATHS[group, kind]
     fields = []
     for list_name in CONTAINER_LISTS:
         containers = getattr(spec, list_name)

@@ -29,6 +29,11 @@ class KubeError(Exception):
         self.reason = reason
 
 
+def available() -> bool:
+    """Whether there is a Kubernetes API to talk to: in a pod, or with KUBECONFIG set."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("KUBECONFIG"))
+
+
 def api_client() -> client.ApiClient:
     """In-cluster when KUBERNETES_SERVICE_HOST is set, else from KUBECONFIG."""
     configuration = client.Configuration()

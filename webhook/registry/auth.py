@@ -69,27 +69,26 @@ class _Token:
 
 
 class RegistryAuth:
-    """Authentication state for one registry: the scheme it asked for and tokens by scope."""
+    """Authentication state for one registry: the scheme it asked for, and tokens by scope
+    and by the credential they were issued for (a token earned with one workload's pull
+    secret must never serve a request made for another)."""
 
     def __init__(
         self,
         host: str,
-        credential_for: Callable[[str], Credential | None],
         token_file: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._host = host
-        self._credential_for = credential_for  # repository -> credential
         self._token_file = token_file
         self._clock = clock
         self._basic = False  # the registry challenged Basic: send it up front from now on
-        self._tokens: dict[tuple[str, ...], _Token] = {}
+        self._tokens: dict[tuple[tuple[str, ...], Credential | None], _Token] = {}
 
     def flow(
-        self, request: Request, repository: str, scopes: Sequence[str]
+        self, request: Request, credential: Credential | None, scopes: Sequence[str]
     ) -> Generator[Request, Response, None]:
         scope_key = tuple(sorted(scopes))
-        credential = self._credential_for(repository)
         sent = self._preemptive_header(credential, scope_key)
         if sent:
             request.headers["Authorization"] = sent
@@ -109,9 +108,9 @@ class RegistryAuth:
             return
         # Bearer: fetch a token for exactly our scopes (a cached one has been refused
         # if we get here with it, so this is also the one refresh on 401).
-        self._tokens.pop(scope_key, None)
+        self._tokens.pop((scope_key, credential), None)
         token_response = yield _token_request(challenge, credential, scope_key, self._host)
-        token = self._store_token(token_response, scope_key)
+        token = self._store_token(token_response, scope_key, credential)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
 
@@ -128,14 +127,16 @@ class RegistryAuth:
                 ) from None
         if credential is not None and credential.registry_token:
             return f"Bearer {credential.registry_token}"
-        token = self._tokens.get(scope_key)
+        token = self._tokens.get((scope_key, credential))
         if token is not None and self._clock() < token.expires:
             return f"Bearer {token.value}"
         if self._basic:
             return _basic_header(credential)
         return None
 
-    def _store_token(self, response: Response, scope_key: tuple[str, ...]) -> str:
+    def _store_token(
+        self, response: Response, scope_key: tuple[str, ...], credential: Credential | None
+    ) -> str:
         scopes = " ".join(scope_key)
         if response.status in (401, 403):
             raise Unauthorized(f"{self._host}: token service refused the credentials for {scopes}")
@@ -153,7 +154,7 @@ class RegistryAuth:
             raise Unauthorized(f"{self._host}: token service gave no token for {scopes}")
         # Renew a little early so a token does not expire between check and use.
         margin = min(10.0, lifetime / 10)
-        self._tokens[scope_key] = _Token(value, self._clock() + lifetime - margin)
+        self._tokens[scope_key, credential] = _Token(value, self._clock() + lifetime - margin)
         return value
 
 

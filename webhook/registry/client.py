@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from .credentials import Credential, DockerConfig
 from .errors import NotFound, RegistryError, TransientError
 from .media import ACCEPT, Descriptor, Manifest, parse_manifest, verify_digest
 from .transport import Transport
@@ -41,6 +42,12 @@ class RegistryClient:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
+    def credential(
+        self, repo: Repository, keyring: DockerConfig | None = None
+    ) -> Credential | None:
+        """What reading `repo` would present, given `keyring`."""
+        return self._transport.credential(repo.host, repo.path, keyring)
+
     async def answers(self, host: str, *, deadline: float) -> bool:
         """Whether the registry's API answers at all (for readiness): any HTTP reply counts."""
         try:
@@ -61,7 +68,13 @@ class RegistryClient:
         return True
 
     async def head_manifest(
-        self, repo: Repository, reference: str, *, deadline: float, push: bool = False
+        self,
+        repo: Repository,
+        reference: str,
+        *,
+        deadline: float,
+        push: bool = False,
+        keyring: DockerConfig | None = None,
     ) -> Descriptor | None:
         """The manifest's descriptor, None if absent; digest "" if the registry did not say.
 
@@ -77,6 +90,7 @@ class RegistryClient:
             what=_at(repo, reference),
             headers={"Accept": ACCEPT},
             ok=(200, 404),
+            keyring=keyring,
         )
         response.release()
         if response.status == 404:
@@ -88,7 +102,13 @@ class RegistryClient:
         )
 
     async def get_manifest(
-        self, repo: Repository, reference: str, *, deadline: float, push: bool = False
+        self,
+        repo: Repository,
+        reference: str,
+        *,
+        deadline: float,
+        push: bool = False,
+        keyring: DockerConfig | None = None,
     ) -> Manifest:
         where = _at(repo, reference)
         response = await self._transport.request(
@@ -100,6 +120,7 @@ class RegistryClient:
             deadline=deadline,
             what=where,
             headers={"Accept": ACCEPT},
+            keyring=keyring,
         )
         async with response:
             raw = await response.read()
@@ -108,14 +129,21 @@ class RegistryClient:
             verify_digest(manifest, reference, where)
         return manifest
 
-    async def resolve(self, repo: Repository, reference: str, *, deadline: float) -> str:
-        """A tag's current digest: HEAD when the registry names it, else GET and hash."""
-        found = await self.head_manifest(repo, reference, deadline=deadline)
+    async def resolve(
+        self, repo: Repository, reference: str, *, deadline: float, keyring: DockerConfig | None
+    ) -> str:
+        """The digest a tag (or digest) names now, read with `keyring`'s credentials: HEAD
+        when the registry says the digest, else GET and hash. Asking also proves that those
+        credentials may read it."""
+        found = await self.head_manifest(repo, reference, deadline=deadline, keyring=keyring)
         if found is None:
             raise NotFound(f"{_at(repo, reference)}: not found")
+        if _is_digest(reference):
+            return reference
         if found.digest:
             return found.digest
-        return (await self.get_manifest(repo, reference, deadline=deadline)).digest
+        manifest = await self.get_manifest(repo, reference, deadline=deadline, keyring=keyring)
+        return manifest.digest
 
     async def put_manifest(
         self, repo: Repository, reference: str, manifest: Manifest, *, deadline: float
@@ -246,7 +274,7 @@ class RegistryClient:
 
     @asynccontextmanager
     async def open_blob(
-        self, repo: Repository, digest: str, *, deadline: float
+        self, repo: Repository, digest: str, *, deadline: float, keyring: DockerConfig | None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """The blob's bytes as they arrive (redirects to object storage followed)."""
         response = await self._transport.request(
@@ -258,6 +286,7 @@ class RegistryClient:
             deadline=deadline,
             what=f"{repo}@{digest}",
             retry=False,
+            keyring=keyring,
         )
         what = f"{repo}@{digest}"
 

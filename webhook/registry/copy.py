@@ -23,6 +23,7 @@ from ..naming import Scheme
 from ..reference import Reference
 from .cache import ExpiringCache
 from .client import RegistryClient, Repository
+from .credentials import Credential, DockerConfig
 from .errors import CorruptTransfer, RegistryError, UnsupportedManifest
 from .flight import SingleFlight
 from .known import KnownBlobs
@@ -104,9 +105,11 @@ class CopyEngine:
         self._known = KnownBlobs()
         self._trees: SingleFlight[tuple[str, Repository], _Tree] = SingleFlight()
         self._blobs: SingleFlight[tuple[str, Repository], BlobOutcome] = SingleFlight()
-        self._results: ExpiringCache[tuple[Reference, Repository, str | None], CopyResult] = (
-            ExpiringCache(cache_entries)
-        )
+        # Results are remembered per source credential: a workload is only answered from
+        # memory with a backup whose source its own pull credentials were shown to read.
+        self._results: ExpiringCache[
+            tuple[Reference, Repository, str | None, Credential | None], CopyResult
+        ] = ExpiringCache(cache_entries)
 
     @property
     def scheme(self) -> Scheme:
@@ -117,56 +120,85 @@ class CopyEngine:
         return Repository(self.scheme.host, self.scheme.repository_for(source))
 
     def cached(
-        self, source: Reference, target: Repository | None = None
+        self,
+        source: Reference,
+        target: Repository | None = None,
+        keyring: DockerConfig | None = None,
     ) -> tuple[CopyResult, float | None] | None:
         """A fresh cached backup of `source` and until when it may be trusted (None: for good).
 
         No I/O: this is the admission hot path. `target` saves working out the
         backup name again when the caller knows it.
         """
-        return self._results.get((source, target or self.target_for(source), source.tag))
+        return self._results.get(self._result_key(source, target, source.tag, keyring))
+
+    def _result_key(
+        self,
+        source: Reference,
+        target: Repository | None,
+        tag: str | None,
+        keyring: DockerConfig | None,
+    ) -> tuple[Reference, Repository, str | None, Credential | None]:
+        credential = self._client.credential(_repo(source), keyring)
+        return (source, target or self.target_for(source), tag, credential)
 
     async def backup_registry_answers(self, *, deadline: float) -> bool:
         return await self._client.answers(self.scheme.host, deadline=deadline)
 
-    async def lookup(self, source: Reference, *, deadline: float) -> CopyResult | None:
+    async def lookup(
+        self, source: Reference, *, deadline: float, keyring: DockerConfig | None = None
+    ) -> CopyResult | None:
         """The backup of `source` if it already exists, found without writing or caching."""
-        cached = self.cached(source)
+        cached = self.cached(source, keyring=keyring)
         if cached is not None:
             return cached[0]
         target = self.target_for(source)
-        digest = await self.resolve(source, deadline=deadline)
+        digest = await self.resolve(source, deadline=deadline, keyring=keyring)
         found = await self._client.head_manifest(target, anchor_tag(digest), deadline=deadline)
         if found is None or found.digest != digest:
             return None
         backup = Reference(target.host, target.path, source.tag, digest)
         return CopyResult(source, backup, already_backed_up=True)
 
-    async def backup(self, source: Reference, *, deadline: float) -> CopyResult:
-        return await self.copy(source, self.target_for(source), tag=source.tag, deadline=deadline)
+    async def backup(
+        self, source: Reference, *, deadline: float, keyring: DockerConfig | None = None
+    ) -> CopyResult:
+        target = self.target_for(source)
+        return await self.copy(source, target, tag=source.tag, deadline=deadline, keyring=keyring)
 
-    async def resolve(self, ref: Reference, *, deadline: float) -> str:
-        if ref.digest:
-            return ref.digest
-        assert ref.tag is not None
-        return await self._client.resolve(_repo(ref), ref.tag, deadline=deadline)
+    async def resolve(
+        self, ref: Reference, *, deadline: float, keyring: DockerConfig | None = None
+    ) -> str:
+        """The digest `ref` names, asked of its registry even when `ref` carries it: the
+        answer also proves that `keyring`'s credentials may read the image."""
+        reference = ref.digest or ref.tag
+        assert reference is not None
+        return await self._client.resolve(_repo(ref), reference, deadline=deadline, keyring=keyring)
 
     async def copy(
-        self, source: Reference, target: Repository, *, tag: str | None, deadline: float
+        self,
+        source: Reference,
+        target: Repository,
+        *,
+        tag: str | None,
+        deadline: float,
+        keyring: DockerConfig | None = None,
     ) -> CopyResult:
-        """Copy `source` into the `target` repository, tagged `tag` if given."""
-        key = (source, target, tag)
+        """Copy `source` into the `target` repository, tagged `tag` if given, reading the
+        source with `keyring`'s credentials (default: the configured ones)."""
+        key = self._result_key(source, target, tag, keyring)
         hit = self._results.get(key)
         if hit is not None:
             return hit[0]
-        # A stale or missing entry: ask the registries again rather than trust memory.
-        digest = await self.resolve(source, deadline=deadline)
+        # A stale or missing entry: ask the registries again rather than trust memory. Each
+        # caller resolves for itself, so joining another's copy needs read access too.
+        digest = await self.resolve(source, deadline=deadline, keyring=keyring)
         if not digest.startswith("sha256:"):
             # Registries address content by sha256; anchor tags could not hold longer digests.
             raise UnsupportedManifest(f"{source}: only sha256 digests can be backed up")
         src = _repo(source)
         tree = await self._trees.run(
-            (digest, target), lambda: self._copy_tree(src, digest, target, deadline)
+            (digest, target), lambda: self._copy_tree(src, digest, target, deadline, keyring)
         )
         if tag:
             await self._ensure_tag(target, tag, digest, tree.manifest, deadline)
@@ -177,7 +209,12 @@ class CopyEngine:
         return result
 
     async def _copy_tree(
-        self, src: Repository, digest: str, dst: Repository, deadline: float
+        self,
+        src: Repository,
+        digest: str,
+        dst: Repository,
+        deadline: float,
+        keyring: DockerConfig | None,
     ) -> _Tree:
         anchor = anchor_tag(digest)
         # Asking with push scope also sets up the target's authorization once,
@@ -188,8 +225,8 @@ class CopyEngine:
         # A repository that never had a tag holds at most left-overs of an interrupted
         # copy: sending those again costs less than asking about every blob.
         has_tags = await self._client.has_tags(dst, deadline=deadline)
-        job = _Job(src, dst, deadline, check_existing=has_tags)
-        manifest = await self._fetch_manifest(src, digest, deadline)
+        job = _Job(src, dst, deadline, keyring, check_existing=has_tags)
+        manifest = await self._fetch_manifest(job, digest)
         await self._copy_manifest(job, manifest, anchor)
         return _Tree(manifest, job.stats)
 
@@ -206,12 +243,14 @@ class CopyEngine:
         job.stats.manifests_copied += 1
 
     async def _copy_child(self, job: _Job, child: Descriptor) -> None:
-        manifest = await self._fetch_manifest(job.src, child.digest, job.deadline)
+        manifest = await self._fetch_manifest(job, child.digest)
         await self._copy_manifest(job, manifest, child.digest)
 
-    async def _fetch_manifest(self, src: Repository, digest: str, deadline: float) -> Manifest:
+    async def _fetch_manifest(self, job: _Job, digest: str) -> Manifest:
         async with self._slots:
-            return await self._client.get_manifest(src, digest, deadline=deadline)
+            return await self._client.get_manifest(
+                job.src, digest, deadline=job.deadline, keyring=job.keyring
+            )
 
     async def _ensure_tag(
         self, dst: Repository, tag: str, digest: str, manifest: Manifest | None, deadline: float
@@ -260,7 +299,9 @@ class CopyEngine:
 
     async def _stream(self, job: _Job, blob: Descriptor, location: URL) -> None:
         client, deadline = self._client, job.deadline
-        async with client.open_blob(job.src, blob.digest, deadline=deadline) as chunks:
+        async with client.open_blob(
+            job.src, blob.digest, deadline=deadline, keyring=job.keyring
+        ) as chunks:
             check = _VerifiedStream(chunks, blob, f"{job.src}@{blob.digest}", self._progress)
             try:
                 await client.finish_upload(
@@ -281,6 +322,7 @@ class _Job:
     src: Repository
     dst: Repository
     deadline: float
+    keyring: DockerConfig | None  # the source's credentials
     check_existing: bool  # ask the target about each blob before uploading it
     stats: CopyStats = field(default_factory=CopyStats)
 

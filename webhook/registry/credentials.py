@@ -55,21 +55,36 @@ class DockerConfig:
     @classmethod
     def load(cls, path: str | Path) -> DockerConfig:
         try:
-            document = orjson.loads(Path(path).read_bytes())
+            raw = Path(path).read_bytes()
         except OSError as exc:
             raise CredentialsError(f"cannot read docker config {path}: {exc.strerror}") from None
+        return cls.parse(raw, f"docker config {path}")
+
+    @classmethod
+    def parse(cls, raw: bytes, where: str, *, legacy: bool = False) -> DockerConfig:
+        """A `config.json` document, or with `legacy` a `.dockercfg` one (the `auths` map
+        alone, as old `kubernetes.io/dockercfg` Secrets hold it). `where` names it in errors."""
+        try:
+            document = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise CredentialsError(f"docker config {path} is not valid JSON") from None
-        auths = document.get("auths", {}) if isinstance(document, dict) else None
+            raise CredentialsError(f"{where} is not valid JSON") from None
+        if legacy:
+            auths = document
+        else:
+            auths = document.get("auths", {}) if isinstance(document, dict) else None
         if not isinstance(auths, dict):
-            raise CredentialsError(f"docker config {path}: 'auths' must be an object")
+            raise CredentialsError(f"{where}: 'auths' must be an object")
         entries = []
         for key, value in auths.items():
             if not isinstance(value, dict):
-                raise CredentialsError(f"docker config {path}: auths[{key!r}] must be an object")
+                raise CredentialsError(f"{where}: auths[{key!r}] must be an object")
             host, repo_path = _split_key(key)
-            entries.append(_Entry(host, repo_path, _credential(value, key, path)))
+            entries.append(_Entry(host, repo_path, _credential(value, key, where)))
         return cls(tuple(entries))
+
+    def then(self, fallback: DockerConfig) -> DockerConfig:
+        """This config first; `fallback` answers what this one does not match as well."""
+        return DockerConfig(self.entries + fallback.entries)
 
     def lookup(self, host: str, repository: str = "") -> Credential | None:
         """The credential for a registry host (as in image references) and repository."""
@@ -77,6 +92,7 @@ class DockerConfig:
         candidates = [e for e in self.entries if e.matches(host, repository)]
         if not candidates:
             return None
+        # max() keeps the first of equals: earlier entries win ties (see then()).
         return max(candidates, key=_Entry.specificity).credential
 
 
@@ -96,7 +112,7 @@ def _split_key(key: str) -> tuple[str, str]:
     return host, path
 
 
-def _credential(value: dict[str, object], key: str, path: str | Path) -> Credential:
+def _credential(value: dict[str, object], key: str, where: str) -> Credential:
     def text(name: str) -> str | None:
         item = value.get(name)
         return item if isinstance(item, str) and item else None
@@ -108,13 +124,11 @@ def _credential(value: dict[str, object], key: str, path: str | Path) -> Credent
             decoded = base64.b64decode(encoded, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise CredentialsError(
-                f"docker config {path}: auths[{key!r}].auth is not base64 of user:password"
+                f"{where}: auths[{key!r}].auth is not base64 of user:password"
             ) from None
         username, sep, password = decoded.partition(":")
         if not sep:
-            raise CredentialsError(
-                f"docker config {path}: auths[{key!r}].auth is not base64 of user:password"
-            )
+            raise CredentialsError(f"{where}: auths[{key!r}].auth is not base64 of user:password")
     return Credential(username, password, text("identitytoken"), text("registrytoken"))
 
 

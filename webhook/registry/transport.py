@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .auth import RegistryAuth, Request, Response
-from .credentials import DockerConfig
+from .credentials import Credential, DockerConfig
 from .errors import NotFound, RegistryError, TransientError, Unauthorized
 from .flight import SingleFlight
 from .retry import parse_retry_after, remaining, retrying
@@ -102,8 +102,12 @@ class Transport:
         data: Any = None,
         ok: Collection[int] = (200,),
         retry: bool = True,
+        keyring: DockerConfig | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request with authentication; statuses outside `ok` raise RegistryError.
+
+        Credentials come from `keyring` (an admission's pull secrets, already ending with
+        the configured ones) or else the configured docker config.
 
         `target` is a path under the registry's base URL or an absolute URL (an
         upload Location). The caller owns the returned response and must release it.
@@ -115,7 +119,8 @@ class Transport:
             base = await self.base_url(host, deadline)
             url = base.join(URL(target, encoded=True)) if isinstance(target, str) else target
             request = Request(method, url, CIMultiDict(headers or {}), data)
-            response = await self._send(host, request, repository, scopes, deadline, what)
+            credential = self.credential(host, repository, keyring)
+            response = await self._send(host, request, credential, scopes, deadline, what)
             if response.status in ok:
                 return response
             try:
@@ -131,7 +136,7 @@ class Transport:
         self,
         host: str,
         request: Request,
-        repository: str,
+        credential: Credential | None,
         scopes: Sequence[str],
         deadline: float,
         what: str,
@@ -140,7 +145,7 @@ class Transport:
         if request.url.origin() != base.origin():
             # An upload or blob URL on another host (object storage): no registry credentials.
             return await self._http(host, request, deadline, what)
-        flow = self._auth_for(host).flow(request, repository, scopes)
+        flow = self._auth_for(host).flow(request, credential, scopes)
         outgoing = next(flow)
         replayable = request.data is None or isinstance(request.data, bytes | dict)
         sent_once = False
@@ -204,15 +209,17 @@ class Transport:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientError(f"{what}: {host} unreachable ({_describe(exc)})") from None
 
+    def credential(
+        self, host: str, repository: str, keyring: DockerConfig | None = None
+    ) -> Credential | None:
+        """What a request to `repository` on `host` presents: `keyring`'s match, or else the
+        configured docker config's."""
+        return (keyring or self._docker_config).lookup(host, repository)
+
     def _auth_for(self, host: str) -> RegistryAuth:
         auth = self._auth.get(host)
         if auth is None:
-            endpoint = self.endpoint(host)
-
-            def credential_for(repository: str) -> Any:
-                return self._docker_config.lookup(host, repository)
-
-            auth = RegistryAuth(host, credential_for, endpoint.token_file)
+            auth = RegistryAuth(host, self.endpoint(host).token_file)
             self._auth[host] = auth
         return auth
 
