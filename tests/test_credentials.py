@@ -116,3 +116,32 @@ def test_bad_files_give_clear_errors_without_secrets(
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CredentialsError, match="cannot read docker config"):
         DockerConfig.load(tmp_path / "absent.json")
+
+
+def test_then_puts_the_first_config_ahead_on_equally_specific_matches() -> None:
+    workload = DockerConfig.parse(
+        json.dumps({"auths": {"reg.example.com": auth("workload", "a")}}).encode(), "secret"
+    )
+    configured = DockerConfig.parse(
+        json.dumps(
+            {"auths": {"reg.example.com": auth("webhook", "b"), "other.io": auth("o", "c")}}
+        ).encode(),
+        "config",
+    )
+    keyring = workload.then(configured)
+    assert keyring.lookup("reg.example.com", "team/app") == Credential("workload", "a")
+    assert keyring.lookup("other.io", "x") == Credential("o", "c")
+    # A more specific entry further back still wins, as kubelet matches.
+    specific = DockerConfig.parse(
+        json.dumps({"auths": {"reg.example.com/team": auth("team", "d")}}).encode(), "config"
+    )
+    assert workload.then(specific).lookup("reg.example.com", "team/app") == Credential("team", "d")
+
+
+def test_legacy_dockercfg_is_the_auths_map_alone() -> None:
+    raw = json.dumps({"https://index.docker.io/v1/": auth("hub", "pw")}).encode()
+    assert DockerConfig.parse(raw, "secret ns/old", legacy=True).lookup(
+        "docker.io", "library/nginx"
+    ) == Credential("hub", "pw")
+    with pytest.raises(CredentialsError, match=r"^secret ns/old: 'auths' must be an object$"):
+        DockerConfig.parse(b"[]", "secret ns/old", legacy=True)
