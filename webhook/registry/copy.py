@@ -12,7 +12,7 @@ import asyncio
 import enum
 import hashlib
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, Protocol
@@ -34,6 +34,32 @@ from .retry import retrying
 class Progress(Protocol):
     def expect(self, nbytes: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What a finished copy holds in the backup registry, for whoever keeps records of it."""
+
+    size: int  # bytes of every manifest and blob
+    platforms: tuple[str, ...]  # as an index names them; none for a single-platform image
+    blobs: tuple[str, ...]  # every blob digest, all platforms
+
+
+class Coordinator(Protocol):
+    """Shares copies between webhook replicas: at most one copies a given backup."""
+
+    async def exclusive(
+        self,
+        source: str,
+        backup: str,
+        backup_repo: str,
+        digest: str,
+        copy: Callable[[], Awaitable[Stored]],
+        *,
+        deadline: float,
+    ) -> Stored | None:
+        """Run `copy` if this replica is to make the backup; None when another one made it."""
+        ...
 
 
 class BlobOutcome(enum.Enum):
@@ -96,8 +122,10 @@ class CopyEngine:
         tag_ttl: float = 60.0,
         cache_entries: int = 10_000,
         progress: Progress | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._client = client
+        self._coordinator = coordinator
         self._scheme = scheme
         self._slots = asyncio.Semaphore(concurrency)
         self._tag_ttl = tag_ttl
@@ -114,6 +142,11 @@ class CopyEngine:
     @property
     def scheme(self) -> Scheme:
         return self._scheme
+
+    def know_blobs(self, repo: Repository, digests: Iterable[str]) -> None:
+        """Blobs `repo` holds (from records of earlier copies), to mount rather than upload."""
+        for digest in digests:
+            self._known.add(repo, digest)
 
     def target_for(self, source: Reference) -> Repository:
         """Where the naming scheme puts the backup of `source`."""
@@ -196,13 +229,12 @@ class CopyEngine:
         if not digest.startswith("sha256:"):
             # Registries address content by sha256; anchor tags could not hold longer digests.
             raise UnsupportedManifest(f"{source}: only sha256 digests can be backed up")
-        src = _repo(source)
+        backup = Reference(target.host, target.path, tag, digest)
         tree = await self._trees.run(
-            (digest, target), lambda: self._copy_tree(src, digest, target, deadline, keyring)
+            (digest, target), lambda: self._copy_tree(source, backup, deadline, keyring)
         )
         if tag:
             await self._ensure_tag(target, tag, digest, tree.manifest, deadline)
-        backup = Reference(target.host, target.path, tag, digest)
         result = CopyResult(source, backup, tree.stats, already_backed_up=tree.manifest is None)
         ttl = None if source.digest else self._tag_ttl
         self._results.put(key, replace(result, from_cache=True), ttl=ttl)
@@ -210,33 +242,63 @@ class CopyEngine:
 
     async def _copy_tree(
         self,
-        src: Repository,
-        digest: str,
-        dst: Repository,
+        source: Reference,
+        backup: Reference,
         deadline: float,
         keyring: DockerConfig | None,
     ) -> _Tree:
-        anchor = anchor_tag(digest)
+        digest, dst = backup.digest, _repo(backup)
+        assert digest is not None
+        if await self._holds(dst, digest, deadline):
+            return _Tree(None, CopyStats())
+        job = _Job(_repo(source), dst, deadline, keyring)
+        if self._coordinator is None:
+            return await self._copy_new(job, digest)
+        copied: list[_Tree] = []
+
+        async def copy() -> Stored:
+            copied.append(await self._copy_new(job, digest))
+            return job.stored()
+
+        await self._coordinator.exclusive(
+            str(source), str(backup), str(dst), digest, copy, deadline=deadline
+        )
+        if copied:
+            return copied[0]
+        # Another replica made it: trust its record only as far as the registry agrees.
+        if not await self._holds(dst, digest, deadline):
+            raise RegistryError(
+                f"{backup}: another webhook replica recorded it as stored, "
+                "but the backup registry does not have it"
+            )
+        return _Tree(None, CopyStats())
+
+    async def _holds(self, dst: Repository, digest: str, deadline: float) -> bool:
         # Asking with push scope also sets up the target's authorization once,
         # before blobs fan out.
-        present = await self._client.head_manifest(dst, anchor, deadline=deadline, push=True)
-        if present is not None and present.digest == digest:
-            return _Tree(None, CopyStats())
+        present = await self._client.head_manifest(
+            dst, anchor_tag(digest), deadline=deadline, push=True
+        )
+        return present is not None and present.digest == digest
+
+    async def _copy_new(self, job: _Job, digest: str) -> _Tree:
         # A repository that never had a tag holds at most left-overs of an interrupted
         # copy: sending those again costs less than asking about every blob.
-        has_tags = await self._client.has_tags(dst, deadline=deadline)
-        job = _Job(src, dst, deadline, keyring, check_existing=has_tags)
+        job.check_existing = await self._client.has_tags(job.dst, deadline=job.deadline)
         manifest = await self._fetch_manifest(job, digest)
-        await self._copy_manifest(job, manifest, anchor)
+        await self._copy_manifest(job, manifest, anchor_tag(digest))
         return _Tree(manifest, job.stats)
 
     async def _copy_manifest(self, job: _Job, manifest: Manifest, reference: str) -> None:
         """Everything a manifest points at first, then the manifest itself."""
+        job.manifest_bytes += len(manifest.raw)
         if manifest.is_index:
+            job.platforms.extend(child.platform for child in manifest.children if child.platform)
             await _all(self._copy_child(job, child) for child in manifest.children)
         else:
             for blob in manifest.blobs:
                 self._known.add(job.src, blob.digest)
+                job.blobs[blob.digest] = blob.size
             await _all(self._copy_blob(job, blob) for blob in manifest.blobs)
         async with self._slots:
             await self._client.put_manifest(job.dst, reference, manifest, deadline=job.deadline)
@@ -323,8 +385,15 @@ class _Job:
     dst: Repository
     deadline: float
     keyring: DockerConfig | None  # the source's credentials
-    check_existing: bool  # ask the target about each blob before uploading it
+    check_existing: bool = False  # ask the target about each blob before uploading it
     stats: CopyStats = field(default_factory=CopyStats)
+    blobs: dict[str, int] = field(default_factory=dict)  # digest -> size, every platform
+    manifest_bytes: int = 0
+    platforms: list[str] = field(default_factory=list)
+
+    def stored(self) -> Stored:
+        size = self.manifest_bytes + sum(self.blobs.values())
+        return Stored(size, tuple(self.platforms), tuple(self.blobs))
 
 
 class _VerifiedStream:

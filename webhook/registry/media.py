@@ -45,6 +45,7 @@ class Descriptor:
     media_type: str
     digest: str
     size: int
+    platform: str = ""  # "linux/arm64/v8", for the manifests of an index that say
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,4 +119,12 @@ def _descriptor(value: object) -> Descriptor:
         raise ValueError(f"unsupported descriptor digest {digest!r}")
     if not isinstance(size, int) or size < 0:
         raise ValueError(f"bad descriptor size {size!r}")
-    return Descriptor(str(value.get("mediaType", "")), digest, size)
+    return Descriptor(str(value.get("mediaType", "")), digest, size, _platform(value))
+
+
+def _platform(descriptor: dict[str, object]) -> str:
+    platform = descriptor.get("platform")
+    if not isinstance(platform, dict):
+        return ""
+    parts = (platform.get("os"), platform.get("architecture"), platform.get("variant"))
+    return "/".join(part for part in parts if isinstance(part, str) and part)
