@@ -89,7 +89,7 @@ async def webhook(config: Config, ttl: float = 60.0) -> AsyncIterator[Admission]
     async with open_engine(config) as engine:
         with api_client() as api:
             pull = PullCredentials(configured_credentials(config), api, ttl=ttl)
-            yield Admission(engine, config, Metrics(), None, pull)
+            yield Admission(engine, config, Metrics(), pull=pull)
 
 
 async def admit(hook: Admission, review: dict[str, Any]) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from certs.bootstrap import SECRET_NAME, Names, ensure_certificate, ensure_files
 
 from . import config as config_module
 from .admission.handler import Admission
-from .cluster import connect
+from .cluster import connect, warm
 from .config import Config, Server
-from .engine import configured_credentials, open_engine
+from .engine import open_engine
 from .events import EventLog
 from .kube.client import KubeError, api_client
 from .metrics import Metrics
@@ -117,23 +117,30 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None:
     settings = config.server
     metrics = Metrics()
-    async with (
-        open_engine(config) as engine,
-        connect(config, configured_credentials(config)) as cluster,
-    ):
-        events = EventLog()
-        pull = cluster.pull if cluster is not None else None
-        reviewer = Admission(engine, config, metrics, events, pull)
-        try:
-            await serve(
-                reviewer,
+    async with connect(config) as cluster:
+        coordinator = cluster.coordinator if cluster is not None else None
+        async with open_engine(config, coordinator=coordinator) as engine:
+            if cluster is not None:
+                await warm(cluster, engine)
+            reviewer = Admission(
+                engine,
+                config,
                 metrics,
-                certificate,
-                port=settings.port,
-                max_body_bytes=settings.max_body_bytes,
+                EventLog(),
+                pull=cluster.pull if cluster is not None else None,
+                notices=cluster.events if cluster is not None else None,
+                uses=cluster.records if cluster is not None else None,
             )
-        finally:
-            reviewer.flush_records()
+            try:
+                await serve(
+                    reviewer,
+                    metrics,
+                    certificate,
+                    port=settings.port,
+                    max_body_bytes=settings.max_body_bytes,
+                )
+            finally:
+                reviewer.flush_records()
 
 
 @contextlib.asynccontextmanager

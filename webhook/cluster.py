@@ -1,32 +1,106 @@
-"""What the webhook uses of the cluster it serves: workloads' pull credentials.
+"""What the webhook uses of the cluster it serves: workloads' pull credentials, Events on
+the objects it admits, and the ImageBackup records through which replicas share copies.
 
-Outside a cluster (no service account, no KUBECONFIG) the webhook still works: every
-workload gets the configured registry logins.
+Outside a cluster (no service account, no KUBECONFIG) the webhook still works alone:
+every workload gets the configured registry logins, and nothing is recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from .config import Config
+from .config import DEFAULT_NAMESPACE, Config, own_namespace
+from .engine import configured_credentials
 from .events import event_message
-from .kube.client import api_client, available
+from .kube.client import KubeError, api_client, available
+from .kube.events import KubeEvents
 from .kube.pullsecrets import PullCredentials
-from .registry.credentials import DockerConfig
+from .kube.records import BackupRecords
+from .registry.client import Repository
+from .registry.copy import CopyEngine, Stored
+from .registry.errors import RegistryError
 
 log = logging.getLogger("image_backup.cluster")
+
+WARN_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class Cluster:
     pull: PullCredentials
+    events: KubeEvents
+    records: BackupRecords
+    coordinator: Coordination
+
+
+class Coordination:
+    """The copy engine's coordinator, on ImageBackup records.
+
+    Records are a way to save work, not a condition for it: when they cannot be written
+    (the CRD is missing, the API server is unreachable) the copy goes ahead without them,
+    and the log says why once a minute.
+    """
+
+    def __init__(self, records: BackupRecords) -> None:
+        self._records = records
+        self._warned_at = -float("inf")
+
+    async def exclusive(
+        self,
+        source: str,
+        backup: str,
+        backup_repo: str,
+        digest: str,
+        copy: Callable[[], Awaitable[Stored]],
+        *,
+        deadline: float,
+    ) -> Stored | None:
+        stored: list[Stored] = []
+        started = False
+
+        async def tracked() -> Stored:
+            nonlocal started
+            started = True
+            stored.append(await copy())
+            return stored[0]
+
+        try:
+            return await self._records.exclusive(
+                source, backup, backup_repo, digest, tracked, deadline=deadline
+            )
+        except KubeError as exc:
+            self._warn(exc)
+            if not started:
+                return await copy()
+            if stored:  # copied; only its record could not be finished
+                return stored[0]
+            raise RegistryError(
+                f"{backup}: copy failed and could not be recorded ({exc})"
+            ) from None
+
+    def _warn(self, exc: KubeError) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_SECONDS:
+            self._warned_at = now
+            log.warning(
+                event_message(
+                    "image_backup_records_unavailable",
+                    error=str(exc),
+                    consequence="copying without coordination between replicas",
+                )
+            )
 
 
 @asynccontextmanager
-async def connect(config: Config, configured: DockerConfig) -> AsyncIterator[Cluster | None]:
+async def connect(config: Config) -> AsyncIterator[Cluster | None]:
     if not available():
         log.info(
             event_message(
@@ -36,6 +110,40 @@ async def connect(config: Config, configured: DockerConfig) -> AsyncIterator[Clu
         )
         yield None
         return
+    holder = os.environ.get("POD_NAME") or socket.gethostname()
+    settings = config.records
     with api_client() as api:
-        ttl = config.credentials.pull_secrets_cache_seconds
-        yield Cluster(PullCredentials(configured, api, ttl=ttl))
+        records = BackupRecords(
+            api,
+            own_namespace() or DEFAULT_NAMESPACE,
+            holder,
+            stale_after=settings.stale_after_seconds,
+            heartbeat_every=settings.heartbeat_seconds,
+        )
+        events = KubeEvents(api, instance=holder)
+        pull = PullCredentials(
+            configured_credentials(config), api, ttl=config.credentials.pull_secrets_cache_seconds
+        )
+        touching = asyncio.create_task(records.run_touches(), name="imagebackup-last-used")
+        try:
+            yield Cluster(pull, events, records, Coordination(records))
+        finally:
+            touching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await touching
+            await records.close()
+            await asyncio.to_thread(events.close)
+
+
+async def warm(cluster: Cluster, engine: CopyEngine) -> None:
+    """Seed the known-blob index from the Ready records, so a restarted replica mounts
+    blobs the backup registry holds instead of uploading them again."""
+    try:
+        ready = await cluster.records.ready()
+    except KubeError as exc:
+        log.warning(event_message("image_backup_records_unreadable", error=str(exc)))
+        return
+    for backup in ready:
+        host, _, path = backup.backup_repo.partition("/")
+        engine.know_blobs(Repository(host, path), backup.blobs)
+    log.info(event_message("known_blobs_warmed", records=str(len(ready))))

@@ -104,6 +104,20 @@ class CopySettings(_Section):
     tag_cache_seconds: float = Field(60.0, ge=0)
 
 
+class Records(_Section):
+    """ImageBackup records, through which replicas share copies."""
+
+    # A Copying record whose holder has not renewed it for this long is taken over.
+    stale_after_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_staleness(self) -> Records:
+        if self.heartbeat_seconds * 2 > self.stale_after_seconds:
+            raise ValueError("heartbeatSeconds must be at most half of staleAfterSeconds")
+        return self
+
+
 class Server(_Section):
     port: int = Field(8443, ge=1, le=65535)
     cert_file: Path = Path("/etc/image-backup/tls/tls.crt")
@@ -136,6 +150,7 @@ class Config(_Section):
     credentials: Credentials = Credentials()
     copy_settings: CopySettings = Field(CopySettings(), alias="copy")
     server: Server = Server()
+    records: Records = Records()
     admission_budget_seconds: float = Field(25.0, gt=0)
     on_failure: Literal["deny", "allow"] = "deny"
     exclude: Exclude = Field(default_factory=Exclude)

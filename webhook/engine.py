@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from .config import Config
 from .registry.client import RegistryClient
-from .registry.copy import CopyEngine, Progress
+from .registry.copy import Coordinator, CopyEngine, Progress
 from .registry.credentials import DockerConfig
 from .registry.transport import Transport
 
@@ -20,7 +20,7 @@ def configured_credentials(config: Config) -> DockerConfig:
 
 @asynccontextmanager
 async def open_engine(
-    config: Config, progress: Progress | None = None
+    config: Config, progress: Progress | None = None, coordinator: Coordinator | None = None
 ) -> AsyncIterator[CopyEngine]:
     settings = config.copy_settings
     async with Transport(config.endpoints(), configured_credentials(config)) as transport:
@@ -30,4 +30,5 @@ async def open_engine(
             concurrency=settings.concurrency,
             tag_ttl=settings.tag_cache_seconds,
             progress=progress,
+            coordinator=coordinator,
         )

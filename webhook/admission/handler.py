@@ -12,6 +12,7 @@ import orjson
 
 from ..config import Config
 from ..events import FLUSH_SECONDS, EventLog
+from ..kube.events import InvolvedObject
 from ..metrics import Metrics
 from ..reference import Reference
 from ..registry.cache import ExpiringCache
@@ -34,6 +35,20 @@ from .review import (
 Mode = Literal["enforce", "audit"]
 # Whose pull credentials a pod gets: namespace, ServiceAccount, imagePullSecrets.
 Identity = tuple[str, str, tuple[str, ...]]
+
+
+class Notices(Protocol):
+    def emit(
+        self, involved: InvolvedObject, reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        """Queue a Kubernetes Event; must not block."""
+        ...
+
+
+class BackupUses(Protocol):
+    def used(self, backup_repo: str, digest: str) -> None:
+        """Note that an admission used this backup; must not block."""
+        ...
 
 
 class PullKeyrings(Protocol):
@@ -62,6 +77,8 @@ class _Outcome:
     warnings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     would_back_up: list[str] = field(default_factory=list)
+    backed_up: list[str] = field(default_factory=list)  # images this admission backed up
+    used: list[tuple[str, str]] = field(default_factory=list)  # backup repository, digest
     counts: dict[str, int] = field(default_factory=dict)
     cache_hits: int = 0
     # A decision made from memory alone can be reused until its earliest cached backup
@@ -87,6 +104,7 @@ class _Summary:
     image_counts: tuple[tuple[str, int], ...]
     cache_hits: int
     audited: int  # images that enforce would back up (audit mode)
+    backups: tuple[tuple[str, str], ...]  # backups the admission points at: repository, digest
     event_head: bytes  # the event line's shared fields: a JSON object without its closing brace
 
     @classmethod
@@ -115,6 +133,7 @@ class _Summary:
             tuple(outcome.counts.items()),
             outcome.cache_hits,
             outcome.counts.get("would_back_up", 0) if mode == "audit" else 0,
+            tuple(outcome.used),
             orjson.dumps(fields)[:-1],
         )
 
@@ -149,11 +168,17 @@ class Admission:
         config: Config,
         metrics: Metrics,
         events: EventLog | None = None,
+        *,
         pull: PullKeyrings | None = None,
+        notices: Notices | None = None,
+        uses: BackupUses | None = None,
     ) -> None:
-        """`pull` None: copies use the configured credentials only (no cluster to ask)."""
+        """Without a cluster: `pull` None uses only the configured credentials, `notices`
+        None sends no Kubernetes Events, `uses` None records no use of backups."""
         self._engine = engine
         self._pull = pull
+        self._notices = notices
+        self._uses = uses
         self._events = events  # None: no event lines (offline review prints manifests instead)
         self._metrics = metrics
         self._budget = config.admission_budget_seconds
@@ -219,6 +244,8 @@ class Admission:
             request, mode, metadata, (request.namespace, account, pull_secrets), fields, outcome
         )
         decision = _Decision.of(request, mode, answer, outcome)
+        if self._notices is not None and mode == "enforce" and not request.dry_run:
+            self._notify(self._notices, request, answer, outcome)
         if outcome.from_memory:
             ttl = None if outcome.valid_until is None else outcome.valid_until - time.monotonic()
             self._decisions.put(key, decision, ttl)
@@ -239,6 +266,26 @@ class Admission:
         uid = orjson.dumps(request.uid)
         self._record(decision.summary, request, uid, started)
         return decision.head + uid + decision.tail
+
+    def _notify(
+        self,
+        notices: Notices,
+        request: AdmissionRequest,
+        answer: AdmissionResponse,
+        outcome: _Outcome,
+    ) -> None:
+        """Events on the object (or, for a Pod named by its controller, on the controller):
+        what was backed up, and what could not be."""
+        involved, about = _involved(request)
+        if involved is None:
+            return
+        if outcome.backed_up:
+            notices.emit(involved, "ImageBackedUp", about + "; ".join(outcome.backed_up))
+        if outcome.failures:
+            message = answer.message or (
+                "admitted without a backup (onFailure: allow): " + "; ".join(outcome.failures)
+            )
+            notices.emit(involved, "ImageBackupFailed", about + message, warning=True)
 
     def _unreadable(self, request: AdmissionRequest, mode: Mode, started: float) -> bytes:
         """An object the API server would not have sent: its images cannot be known, so
@@ -369,6 +416,11 @@ class Admission:
             result = ValueError(plan.problem)
         if isinstance(result, CopyResult):
             backup = str(result.backup)
+            outcome.used.append(
+                (f"{result.backup.registry}/{result.backup.repository}", result.digest)
+            )
+            if plan.action is Action.BACK_UP and not dry_run:
+                outcome.backed_up.append(f"{image} as {backup}")
             outcome.rewrites[plan.field.pointer] = (container, image, backup)
             outcome.warnings.append(_warning(f"container {container!r}: {image} is now {backup}"))
             outcome.count("rewritten")
@@ -467,8 +519,11 @@ class Admission:
                 events.write(summary.event_head, uid, name, elapsed, wall_clock_offset + answered)
         if events is not None:
             events.flush()
-        tally = self._tally
+        tally, uses = self._tally, self._uses
         for summary, seconds in durations.items():
+            if uses is not None:
+                for backup_repo, digest in summary.backups:
+                    uses.used(backup_repo, digest)
             tally.admitted(summary.tally_key, seconds)
             for what, number in summary.image_counts:
                 tally.images[what] = tally.images.get(what, 0) + number * len(seconds)
@@ -477,6 +532,28 @@ class Admission:
                 self._metrics.audit_images.labels(summary.namespace).inc(
                     summary.audited * len(seconds)
                 )
+
+
+def _involved(request: AdmissionRequest) -> tuple[InvolvedObject | None, str]:
+    """Whom an Event is about, and how its message starts. A CREATE has no uid yet: the
+    Event names the object by kind and name. A Pod named by the API server (generateName)
+    has no name either: the Event goes on the controller that creates it."""
+    obj, group = request.object, request.group
+    metadata = obj.metadata if obj is not None else None
+    name = request.name or (metadata.name if metadata is not None else None) or ""
+    if name:
+        api_version = f"{group}/v1" if group else "v1"
+        uid = (metadata.uid if metadata is not None else None) or ""
+        return InvolvedObject(api_version, request.kind, request.namespace, name, uid), ""
+    owners = metadata.ownerReferences if metadata is not None else None
+    for owner in owners or ():
+        if owner.controller and owner.apiVersion and owner.kind and owner.name:
+            involved = InvolvedObject(
+                owner.apiVersion, owner.kind, request.namespace, owner.name, owner.uid or ""
+            )
+            prefix = metadata.generateName if metadata is not None else None
+            return involved, f"{request.kind} {prefix or ''}*: "
+    return None, ""
 
 
 def _decision_of(answer: AdmissionResponse) -> str:

@@ -1,0 +1,507 @@
+"""ImageBackup records: replicas agree on who copies a backup, through the fake API server
+with the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import pytest
+from kubernetes import client
+
+from tests.support.fakekube import IMAGE_BACKUPS, Call, FakeKube, KubeError
+from webhook.kube.client import api_client
+from webhook.kube.records import BackupRecords, ReadyBackup, record_name
+from webhook.registry.copy import Stored
+
+NS = "image-backup"
+DIGEST = "sha256:" + "ab" * 32
+REPO = "127.0.0.1:5000/backup/docker.io/library/nginx"
+BACKUP = f"{REPO}:1.25@{DIGEST}"
+SOURCE = "docker.io/library/nginx:1.25"
+NAME = record_name(REPO, DIGEST)
+STORED = Stored(
+    1234, ("linux/amd64", "linux/arm64"), ("sha256:" + "01" * 32, "sha256:" + "02" * 32)
+)
+JSON_PATCH = "application/json-patch+json"
+STILL_COPYING = "still copying into the backup registry, retry shortly"
+
+
+class Opener(Protocol):
+    def __call__(self, holder: str, **options: Any) -> BackupRecords: ...
+
+
+@pytest.fixture
+def api(fake_kube: FakeKube) -> Iterator[client.ApiClient]:
+    with api_client() as api:
+        yield api
+
+
+@pytest.fixture
+async def open_records(api: client.ApiClient) -> AsyncIterator[Opener]:
+    """``open_records(holder, **options)``: a replica's records, closed after the test."""
+    opened: list[BackupRecords] = []
+
+    def opener(holder: str, **options: Any) -> BackupRecords:
+        records = BackupRecords(api, NS, holder, **options)
+        opened.append(records)
+        return records
+
+    yield opener
+    for records in opened:
+        await records.close()
+
+
+class Copier:
+    """A copy callable that counts its runs, takes `seconds`, and raises `error` if given."""
+
+    def __init__(self, seconds: float = 0.0, error: Exception | None = None) -> None:
+        self.seconds = seconds
+        self.error = error
+        self.runs = 0
+        self.finished_at = 0.0
+
+    async def __call__(self) -> Stored:
+        self.runs += 1
+        await asyncio.sleep(self.seconds)
+        self.finished_at = time.monotonic()
+        if self.error is not None:
+            raise self.error
+        return STORED
+
+
+async def exclusive(
+    records: BackupRecords, copy: Callable[[], Awaitable[Stored]], *, seconds: float = 5.0
+) -> Stored | None:
+    """exclusive() on the test's backup."""
+    return await records.exclusive(
+        SOURCE, BACKUP, REPO, DIGEST, copy, deadline=time.monotonic() + seconds
+    )
+
+
+async def timed(
+    records: BackupRecords, copy: Callable[[], Awaitable[Stored]]
+) -> tuple[Stored | None, float]:
+    """exclusive(), and when it returned."""
+    return await exclusive(records, copy), time.monotonic()
+
+
+def timestamp(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ago(seconds: float) -> str:
+    return timestamp(datetime.now(UTC) - timedelta(seconds=seconds))
+
+
+def seed(
+    kube: FakeKube,
+    status: dict[str, Any] | None,
+    *,
+    repo: str = REPO,
+    backup: str = BACKUP,
+    digest: str = DIGEST,
+    namespace: str = NS,
+    **spec: Any,
+) -> str:
+    """A record as another replica left it (the fake keeps the status given to a create)."""
+    name = record_name(repo, digest)
+    body: dict[str, Any] = {
+        "metadata": {"name": name},
+        "spec": {"source": SOURCE, "backup": backup, "digest": digest, **spec},
+    }
+    if status is not None:
+        body["status"] = status
+    kube.store.create(IMAGE_BACKUPS, namespace, body)
+    return name
+
+
+def status_of(kube: FakeKube, name: str = NAME) -> dict[str, Any]:
+    status: dict[str, Any] = kube.store.get(IMAGE_BACKUPS, NS, name)["status"]
+    return status
+
+
+def heartbeats(kube: FakeKube) -> list[str]:
+    """The heartbeats written to the test's record, in order."""
+    return [
+        operation["value"]
+        for call in kube.calls_to("PATCH", f"/{NAME}/status")
+        if call.content_type == JSON_PATCH
+        for operation in call.body
+        if operation["path"] == "/status/heartbeat"
+    ]
+
+
+def watches(kube: FakeKube) -> list[Call]:
+    return [
+        call
+        for call in kube.calls_to("GET", "/namespaces/image-backup/imagebackups")
+        if call.query.get("watch", "").lower() == "true"
+    ]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(3):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_the_creator_copies_renewing_its_heartbeat_then_records_what_it_stored(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    records = open_records("replica-a", heartbeat_every=0.05)
+    copier = Copier(seconds=0.3)
+    before = timestamp(datetime.now(UTC))
+    assert await exclusive(records, copier) == STORED
+    assert copier.runs == 1
+
+    record = fake_kube.store.get(IMAGE_BACKUPS, NS, NAME)
+    assert record["spec"] == {
+        "source": SOURCE,
+        "backup": BACKUP,
+        "digest": DIGEST,
+        "size": 1234,
+        "platforms": ["linux/amd64", "linux/arm64"],
+        "blobs": ["sha256:" + "01" * 32, "sha256:" + "02" * 32],
+    }
+    status = record["status"]
+    assert (status["phase"], status["message"], status["holder"]) == ("Ready", "", "replica-a")
+    assert before <= status["firstUsed"] <= status["heartbeat"] <= timestamp(datetime.now(UTC))
+    (create,) = fake_kube.calls_to("POST", f"/namespaces/{NS}/imagebackups")
+    assert "status" not in create.body  # it would be ignored: the holder is a status write
+
+    renewed = heartbeats(fake_kube)
+    assert len(renewed) >= 2
+    assert renewed == sorted(set(renewed))  # each later than the one before
+    assert renewed[-1] == status["heartbeat"]
+    await asyncio.sleep(0.15)
+    assert heartbeats(fake_kube) == renewed  # none once the copy ended
+
+
+async def test_of_two_replicas_one_copies_and_the_other_watches_until_it_is_ready(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    copier = Copier(seconds=0.3)
+    a = open_records("replica-a", heartbeat_every=0.05)
+    b = open_records("replica-b", heartbeat_every=0.05)
+    outcomes = await asyncio.gather(timed(a, copier), timed(b, copier))
+
+    assert copier.runs == 1
+    assert sorted(stored is None for stored, _ in outcomes) == [False, True]
+    (waited_until,) = [at for stored, at in outcomes if stored is None]
+    assert waited_until >= copier.finished_at
+    assert status_of(fake_kube)["phase"] == "Ready"
+    assert len(fake_kube.calls_to("POST", f"/namespaces/{NS}/imagebackups")) == 2
+    seen = watches(fake_kube)
+    assert seen
+    assert {call.query["fieldSelector"] for call in seen} == {f"metadata.name={NAME}"}
+    assert all(call.query["resourceVersion"] for call in seen)
+
+
+async def test_a_failed_copy_is_recorded_and_another_replica_takes_over(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    error = RuntimeError("pushing blob:\n   500   Internal Server Error\n" + "x" * 2000)
+    with pytest.raises(RuntimeError) as caught:
+        await exclusive(open_records("replica-a"), Copier(error=error))
+    assert caught.value is error
+    failed = status_of(fake_kube)
+    prefix = "pushing blob: 500 Internal Server Error "
+    assert failed["phase"] == "Failed"
+    assert failed["message"] == prefix + "x" * (1000 - len(prefix))
+
+    copier = Copier()
+    assert await exclusive(open_records("replica-b"), copier) == STORED
+    assert copier.runs == 1
+    status = status_of(fake_kube)
+    assert (status["phase"], status["holder"], status["message"]) == ("Ready", "replica-b", "")
+    assert status["firstUsed"] == failed["firstUsed"]
+    (take_over,) = fake_kube.calls_to("PUT", f"/{NAME}/status")
+    assert take_over.body["metadata"]["resourceVersion"]  # the precondition
+
+
+async def test_a_stale_copying_record_is_taken_over(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    first_used = ago(600)
+    seed(
+        fake_kube,
+        {"phase": "Copying", "holder": "gone", "heartbeat": ago(61), "firstUsed": first_used},
+    )
+    copier = Copier()
+    assert await exclusive(open_records("replica-b", stale_after=60), copier) == STORED
+    assert copier.runs == 1
+    status = status_of(fake_kube)
+    assert (status["phase"], status["holder"], status["firstUsed"]) == (
+        "Ready",
+        "replica-b",
+        first_used,
+    )
+    assert not watches(fake_kube)
+
+
+async def test_of_two_take_overs_only_one_wins_and_the_other_waits(
+    fake_kube: FakeKube, open_records: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(fake_kube, {"phase": "Copying", "holder": "gone", "heartbeat": ago(120)})
+    # Both replicas write only after both have read the stale record: one write must lose.
+    both_read = threading.Barrier(2, timeout=5)
+    replace = client.CustomObjectsApi.replace_namespaced_custom_object_status
+
+    def after_both_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        both_read.wait()
+        return replace(self, *args, **kwargs)
+
+    monkeypatch.setattr(
+        client.CustomObjectsApi, "replace_namespaced_custom_object_status", after_both_read
+    )
+    copier = Copier(seconds=0.2)
+    a = open_records("replica-a", heartbeat_every=0.05)
+    b = open_records("replica-b", heartbeat_every=0.05)
+    outcomes = await asyncio.gather(timed(a, copier), timed(b, copier))
+
+    assert copier.runs == 1
+    assert sorted(stored is None for stored, _ in outcomes) == [False, True]
+    first, second = fake_kube.calls_to("PUT", f"/{NAME}/status")
+    assert first.body["metadata"]["resourceVersion"] == second.body["metadata"]["resourceVersion"]
+    assert watches(fake_kube)  # the loser waited for the winner
+    assert status_of(fake_kube)["phase"] == "Ready"
+
+
+async def test_waiting_on_a_fresh_copy_ends_at_the_deadline(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    seed(fake_kube, {"phase": "Copying", "holder": "busy", "heartbeat": ago(0)})
+    copier = Copier()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as caught:
+        await exclusive(open_records("replica-b"), copier, seconds=0.3)
+    assert str(caught.value) == STILL_COPYING
+    assert 0.25 <= time.monotonic() - started < 0.9
+    assert copier.runs == 0
+    assert status_of(fake_kube)["holder"] == "busy"
+    assert watches(fake_kube)
+
+
+@pytest.mark.parametrize("minutes_later", [0, 2], ids=["fresh", "stale"])
+async def test_a_record_without_status_counts_as_copying_since_its_creation(
+    fake_kube: FakeKube, open_records: Opener, minutes_later: int
+) -> None:
+    seed(fake_kube, None)
+
+    def later() -> datetime:
+        return datetime.now(UTC) + timedelta(minutes=minutes_later)
+
+    records = open_records("replica-b", now=later)
+    copier = Copier()
+    if minutes_later:
+        assert await exclusive(records, copier, seconds=0.3) == STORED
+        assert copier.runs == 1
+    else:
+        with pytest.raises(TimeoutError):
+            await exclusive(records, copier, seconds=0.3)
+        assert copier.runs == 0
+
+
+@pytest.mark.parametrize("change", ["fails", "is-deleted"])
+async def test_a_waiting_replica_copies_once_the_holder_fails_or_the_record_goes(
+    fake_kube: FakeKube, open_records: Opener, change: str
+) -> None:
+    seed(fake_kube, {"phase": "Copying", "holder": "busy", "heartbeat": ago(0)})
+    copier = Copier()
+    waiting = asyncio.create_task(exclusive(open_records("replica-b"), copier))
+    await until(lambda: bool(watches(fake_kube)))
+    if change == "fails":
+        failed = {"status": {"phase": "Failed", "message": "no space left"}}
+        fake_kube.store.patch(
+            IMAGE_BACKUPS, NS, NAME, failed, "application/merge-patch+json", status_only=True
+        )
+    else:
+        fake_kube.store.delete(IMAGE_BACKUPS, NS, NAME)
+    assert await waiting == STORED
+    assert copier.runs == 1
+    assert (status_of(fake_kube)["phase"], status_of(fake_kube)["holder"]) == ("Ready", "replica-b")
+
+
+async def test_a_cancelled_copy_leaves_the_record_copying_and_stops_its_heartbeat(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    async def endless() -> Stored:
+        await asyncio.Event().wait()
+        return STORED
+
+    records = open_records("replica-a", heartbeat_every=0.05)
+    copying = asyncio.create_task(exclusive(records, endless))
+    await until(lambda: len(heartbeats(fake_kube)) >= 2)
+    copying.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await copying
+    await asyncio.sleep(0.05)  # a heartbeat already on its way may still land
+    renewed = heartbeats(fake_kube)
+    await asyncio.sleep(0.2)
+    assert heartbeats(fake_kube) == renewed
+    status = status_of(fake_kube)
+    assert (status["phase"], status["holder"]) == ("Copying", "replica-a")
+
+
+async def test_failed_heartbeats_are_logged_and_the_copy_goes_on(
+    fake_kube: FakeKube, open_records: Opener, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse_heartbeats(call: Call) -> None:
+        if call.content_type == JSON_PATCH and "heartbeat" in str(call.body):
+            raise KubeError(500, "InternalError", "etcd is unwell")
+
+    fake_kube.interceptors.append(refuse_heartbeats)
+    copier = Copier(seconds=0.2)
+    with caplog.at_level(logging.WARNING, logger="image_backup.records"):
+        assert await exclusive(open_records("replica-a", heartbeat_every=0.05), copier) == STORED
+    assert status_of(fake_kube)["phase"] == "Ready"
+    failures = [r.getMessage() for r in caplog.records if "heartbeat_failed" in r.getMessage()]
+    assert len(failures) >= 2  # it kept trying
+    assert all("etcd is unwell" in message and "\n" not in message for message in failures)
+
+
+async def test_a_replica_that_lost_its_record_stops_renewing_but_records_the_copy(
+    fake_kube: FakeKube, open_records: Opener, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def usurped() -> Stored:
+        await until(lambda: len(heartbeats(fake_kube)) >= 1)
+        usurper = {"status": {"holder": "replica-b", "heartbeat": ago(0)}}
+        fake_kube.store.patch(
+            IMAGE_BACKUPS, NS, NAME, usurper, "application/merge-patch+json", status_only=True
+        )
+        await asyncio.sleep(0.3)
+        return STORED
+
+    with caplog.at_level(logging.WARNING, logger="image_backup.records"):
+        assert await exclusive(open_records("replica-a", heartbeat_every=0.05), usurped) == STORED
+    assert any("imagebackup_lost" in r.getMessage() for r in caplog.records)
+    # After the refused one, no more: five would fit in the time the copy went on.
+    assert len(heartbeats(fake_kube)) <= 3
+    status = status_of(fake_kube)
+    assert (status["phase"], status["holder"]) == ("Ready", "replica-b")
+
+
+async def test_uses_are_written_to_last_used_at_most_once_per_touch_every(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    seed(fake_kube, {"phase": "Ready"})
+    clock = [datetime(2024, 5, 1, tzinfo=UTC)]
+    records = open_records("replica-a", touch_every=3600, now=lambda: clock[0])
+    unrecorded = record_name("elsewhere/app", DIGEST)
+
+    def touches(name: str) -> int:
+        return len(fake_kube.calls_to("PATCH", f"/{name}/status"))
+
+    records.used(REPO, DIGEST)
+    records.used(REPO, DIGEST)
+    records.used("elsewhere/app", DIGEST)  # no record: nothing to note it in
+    await records.touch_used()
+    assert status_of(fake_kube)["lastUsed"] == "2024-05-01T00:00:00.000000Z"
+    assert (touches(NAME), touches(unrecorded)) == (1, 1)
+
+    clock[0] += timedelta(minutes=30)
+    records.used(REPO, DIGEST)
+    await records.touch_used()
+    assert touches(NAME) == 1  # touched within the hour
+
+    clock[0] += timedelta(minutes=31)
+    await records.touch_used()  # the use 30 minutes ago is due now
+    assert status_of(fake_kube)["lastUsed"] == "2024-05-01T01:01:00.000000Z"
+    await records.touch_used()
+    assert (touches(NAME), touches(unrecorded)) == (2, 1)
+
+
+async def test_a_failed_touch_ends_the_pass_and_the_next_pass_tries_again(
+    fake_kube: FakeKube, open_records: Opener, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = "r.example/app"
+    names = [seed(fake_kube, {"phase": "Ready"}), seed(fake_kube, {"phase": "Ready"}, repo=other)]
+
+    def unavailable(call: Call) -> None:
+        if call.method == "PATCH":
+            raise KubeError(503, "ServiceUnavailable", "the API server is shutting down")
+
+    records = open_records("replica-a")
+    records.used(REPO, DIGEST)
+    records.used(other, DIGEST)
+    fake_kube.interceptors.append(unavailable)
+    with caplog.at_level(logging.WARNING, logger="image_backup.records"):
+        await records.touch_used()
+    assert len(fake_kube.calls_to("PATCH", "/status")) == 1  # not one timeout per record
+    assert any("shutting down" in r.getMessage() for r in caplog.records)
+
+    fake_kube.interceptors.remove(unavailable)
+    await records.touch_used()
+    assert all("lastUsed" in status_of(fake_kube, name) for name in names)
+
+
+async def test_run_touches_writes_uses_in_the_background(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    seed(fake_kube, {"phase": "Ready"})
+    records = open_records("replica-a")
+    records.used(REPO, DIGEST)
+    touching = asyncio.create_task(records.run_touches(0.02))
+    try:
+        await until(lambda: "lastUsed" in status_of(fake_kube))
+    finally:
+        touching.cancel()
+
+
+async def test_ready_lists_the_ready_backups_with_their_repository_and_blobs(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    blobs = ["sha256:" + "01" * 32, "sha256:" + "02" * 32]
+    seed(fake_kube, {"phase": "Ready"}, blobs=blobs)
+    other = "sha256:" + "cd" * 32
+    seed(
+        fake_kube,
+        {"phase": "Ready"},
+        repo="localhost:5000/app",
+        backup=f"localhost:5000/app@{other}",
+        digest=other,
+    )
+    for phase, repo in [("Copying", "r.example/copying"), ("Failed", "r.example/failed")]:
+        seed(fake_kube, {"phase": phase}, repo=repo, backup=f"{repo}:1@{DIGEST}")
+    seed(fake_kube, {"phase": "Ready"}, namespace="elsewhere", repo="r.example/elsewhere")
+
+    ready = await open_records("replica-a").ready()
+    assert sorted(ready, key=lambda backup: backup.backup_repo) == [
+        ReadyBackup(REPO, DIGEST, tuple(blobs)),
+        ReadyBackup("localhost:5000/app", other, ()),
+    ]
+
+
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        REPO,
+        "registry.example/" + "Very_Long.Name-" * 30,
+        "host:5000/team/___",
+        "host/UPPER/Mixed__Case..Name-",
+        "h/x",
+    ],
+)
+def test_record_names_are_dns_subdomains(repo: str) -> None:
+    name = record_name(repo, DIGEST)
+    assert DNS_SUBDOMAIN.fullmatch(name), name
+    assert len(name) <= 253
+    assert record_name(repo, DIGEST) == name
+
+
+def test_record_names_are_readable_and_distinct() -> None:
+    assert NAME.startswith("nginx-") and NAME.endswith("-" + "ab" * 8)
+    assert record_name("a.example/team/nginx", DIGEST) != record_name(
+        "b.example/team/nginx", DIGEST
+    )
+    assert record_name(REPO, DIGEST) != record_name(REPO, "sha256:" + "cd" * 32)

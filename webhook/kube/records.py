@@ -1,0 +1,451 @@
+"""ImageBackup records: which backups exist, and which webhook replica is making one.
+
+Replicas share no memory, so the API server arbitrates: the replica whose create of a
+backup's record succeeds copies it, renewing a heartbeat meanwhile; the others wait for the
+record to turn Ready (watching it, not polling) and then copy nothing. A holder that dies
+stops renewing; once its heartbeat is ``stale_after`` old (or the copy Failed), any replica
+takes the record over with a write conditional on the resourceVersion it read, so exactly
+one wins. The records also say when each backup was first and last used, and let a
+replica start with the backups already made.
+
+The client is synchronous; its calls run on threads of this module's own, so waits that
+stream for seconds never hold up the event loop or its default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubernetes import client, watch
+
+from ..events import event_message
+from ..registry.copy import Stored
+from .client import TIMEOUT_SECONDS, KubeError, translated
+
+log = logging.getLogger("image_backup.records")
+
+GROUP, VERSION, PLURAL, KIND = "image-backup.io", "v1alpha1", "imagebackups", "ImageBackup"
+COPYING, READY, FAILED = "Copying", "Ready", "Failed"
+STILL_COPYING = "still copying into the backup registry, retry shortly"
+WATCH_SECONDS = 5  # each watch stream at most: then staleness is judged again
+MESSAGE_LIMIT = 1000
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+_LONG_AGO = datetime.min.replace(tzinfo=UTC)
+
+Object = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyBackup:
+    backup_repo: str
+    digest: str
+    blobs: tuple[str, ...]
+
+
+def record_name(backup_repo: str, digest: str) -> str:
+    """The record's name: readable (the repository's last segment), and unique through a
+    hash of the whole repository and the digest's start. A DNS-1123 subdomain of <= 68
+    characters, whatever the repository is called."""
+    slug = re.sub(r"[^a-z0-9]+", "-", backup_repo.rsplit("/", 1)[-1].lower())
+    slug = slug.strip("-")[:40].strip("-")
+    repo_hash = hashlib.sha256(backup_repo.encode()).hexdigest()[:10]
+    digest_part = re.sub(r"[^a-z0-9]", "", digest.partition(":")[2].lower())[:16]
+    return "-".join(part for part in (slug, repo_hash, digest_part) if part)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BackupRecords:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        holder: str,
+        *,
+        stale_after: float = 60.0,
+        heartbeat_every: float = 10.0,
+        touch_every: float = 3600.0,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        """`holder` names this replica (its pod); `now` is the wall clock heartbeats and
+        use times are written in."""
+        self._api = api
+        self._custom: Any = client.CustomObjectsApi(api)
+        self._namespace = namespace
+        self._holder = holder
+        self._stale_after = stale_after
+        self._heartbeat_every = heartbeat_every
+        self._touch_every = timedelta(seconds=touch_every)
+        self._now = now
+        # Watches get threads of their own: short writes (heartbeats above all) never
+        # queue behind them.
+        self._requests = ThreadPoolExecutor(8, thread_name_prefix="imagebackup-records")
+        self._watches = ThreadPoolExecutor(32, thread_name_prefix="imagebackup-records-watch")
+        self._heartbeats: set[asyncio.Task[None]] = set()
+        self._noted: dict[tuple[str, str], None] = {}  # used since their last touch
+        self._touched: dict[tuple[str, str], datetime] = {}  # within touch_every
+
+    async def exclusive(
+        self,
+        source: str,
+        backup: str,
+        backup_repo: str,
+        digest: str,
+        copy: Callable[[], Awaitable[Stored]],
+        *,
+        deadline: float,
+    ) -> Stored | None:
+        """Run `copy` if this replica holds the record; None when another replica made it Ready.
+        `backup` is the pinned backup reference string for spec.backup; deadline is
+        time.monotonic()-based and bounds only the wait for the record, not the copy."""
+        name = record_name(backup_repo, digest)
+        spec = {"source": source, "backup": backup, "digest": digest}
+        if not await self._acquire(name, spec, deadline):
+            return None
+        try:
+            with self._heartbeating(name):
+                stored = await copy()
+        except Exception as exc:
+            await self._record_failure(name, exc)
+            raise
+        await self._record_stored(name, stored)
+        return stored
+
+    def used(self, backup_repo: str, digest: str) -> None:
+        """Note a use of the backup; touch_used() writes it down later."""
+        self._noted[(backup_repo, digest)] = None
+
+    async def touch_used(self) -> None:
+        """One pass: set lastUsed of the noted records not touched within touch_every. A
+        record that is gone is forgotten; another failure (the API server is likely down)
+        ends the pass, logged: the rest are tried in the next one."""
+        now = self._now()
+        self._touched = {k: at for k, at in self._touched.items() if now - at < self._touch_every}
+        for key in [k for k in self._noted if k not in self._touched]:
+            name = record_name(*key)
+            try:
+                await self._request(
+                    f"noting the use of {self._what(name)}",
+                    self._custom.patch_namespaced_custom_object_status,
+                    name,
+                    {"status": {"lastUsed": _timestamp(now)}},
+                    _content_type=MERGE_PATCH,
+                )
+            except KubeError as exc:
+                if exc.status != 404:
+                    log.warning(event_message("imagebackup_touch_failed", error=str(exc)))
+                    return
+            self._touched[key] = now
+            self._noted.pop(key, None)
+
+    async def run_touches(self, interval: float = 60.0) -> None:
+        """Forever: touch_used() every `interval` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.touch_used()
+
+    async def ready(self) -> list[ReadyBackup]:
+        """The backups recorded as Ready, to start with what other replicas made."""
+        listed = await self._request(
+            f"listing ImageBackups in {self._namespace}", self._custom.list_namespaced_custom_object
+        )
+        backups = []
+        for record in listed["items"]:
+            if _phase(record) == READY:
+                spec = record["spec"]
+                blobs = tuple(spec.get("blobs") or ())
+                backups.append(ReadyBackup(_repository(spec["backup"]), spec["digest"], blobs))
+        return backups
+
+    async def close(self) -> None:
+        """Stop heartbeats (their records go stale and are taken over) and the threads."""
+        for task in self._heartbeats:
+            task.cancel()
+        await asyncio.gather(*self._heartbeats, return_exceptions=True)
+        self._requests.shutdown(wait=False, cancel_futures=True)
+        self._watches.shutdown(wait=False, cancel_futures=True)
+
+    async def _acquire(self, name: str, spec: Object, deadline: float) -> bool:
+        """True once this replica holds the record; False when another one made it Ready."""
+        record: Object | None = None
+        while True:
+            if record is None:
+                if await self._create(name, spec):
+                    return True
+                record = await self._read(name)  # None: deleted meanwhile, create again
+                continue
+            phase = _phase(record)
+            if phase == READY:
+                return False
+            if time.monotonic() >= deadline:
+                raise TimeoutError(STILL_COPYING)
+            if phase == FAILED or self._age(record) >= self._stale_after:
+                if await self._take_over(record):
+                    return True
+                record = await self._read(name)
+            else:
+                record = await self._next_version(record, deadline)
+
+    async def _create(self, name: str, spec: Object) -> bool:
+        """Whether this replica made the record (and holds it); False when it exists."""
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        try:
+            await self._request(
+                f"creating {self._what(name)}", self._custom.create_namespaced_custom_object, body
+            )
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            return False
+        # The API server ignores the status of a create: it takes a second write. Until it
+        # lands, others count the record as Copying since its creation.
+        now = _timestamp(self._now())
+        status = {"phase": COPYING, "holder": self._holder, "heartbeat": now, "firstUsed": now}
+        try:
+            await self._request(
+                f"holding {self._what(name)}",
+                self._custom.patch_namespaced_custom_object_status,
+                name,
+                {"status": status},
+                _content_type=MERGE_PATCH,
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            return False
+        return True
+
+    async def _take_over(self, record: Object) -> bool:
+        """Whether this replica now holds a record another one failed or abandoned. The
+        write carries the resourceVersion read: if anyone changed the record since, it fails
+        (409) and the caller reads it again."""
+        name = record["metadata"]["name"]
+        previous = record.get("status") or {}
+        now = _timestamp(self._now())
+        status = {k: v for k, v in previous.items() if k != "message"}
+        status.update(phase=COPYING, holder=self._holder, heartbeat=now)
+        status.setdefault("firstUsed", now)
+        try:
+            await self._request(
+                f"taking over {self._what(name)}",
+                self._custom.replace_namespaced_custom_object_status,
+                name,
+                {**record, "status": status},
+            )
+        except KubeError as exc:
+            if exc.status not in (404, 409):
+                raise
+            return False
+        log.info(
+            event_message(
+                "imagebackup_taken_over",
+                record=name,
+                previousHolder=str(previous.get("holder", "")),
+                previousPhase=_phase(record),
+            )
+        )
+        return True
+
+    async def _read(self, name: str) -> Object | None:
+        try:
+            record: Object = await self._request(
+                f"reading {self._what(name)}", self._custom.get_namespaced_custom_object, name
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            return None
+        return record
+
+    async def _next_version(self, record: Object, deadline: float) -> Object | None:
+        """The record once it changes (None: deleted), or as it was after a short watch."""
+        remaining = deadline - time.monotonic()
+        fresh_for = self._stale_after - self._age(record)
+        # The API takes whole seconds; the deadline itself is kept to here.
+        seconds = max(1, math.ceil(min(WATCH_SECONDS, remaining, fresh_for)))
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(remaining):
+                return await loop.run_in_executor(self._watches, self._watch, record, seconds)
+        except TimeoutError:
+            raise TimeoutError(STILL_COPYING) from None
+        except KubeError as exc:
+            if exc.status != 410:
+                raise
+            # The history since that version is gone: read the record as it is now.
+            return await self._read(record["metadata"]["name"])
+
+    def _watch(self, record: Object, seconds: int) -> Object | None:
+        """The record's first change within `seconds` (None: deleted), else the record."""
+        metadata = record["metadata"]
+        events = watch.Watch().stream(  # type: ignore[no-untyped-call]
+            self._custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self._namespace,
+            PLURAL,
+            field_selector=f"metadata.name={metadata['name']}",
+            resource_version=metadata["resourceVersion"],
+            timeout_seconds=seconds,
+            _request_timeout=seconds + TIMEOUT_SECONDS,
+        )
+        doing = f"watching {self._what(metadata['name'])}"
+        with translated(self._api, doing), contextlib.closing(events):
+            event = next(events, None)
+        if event is None:
+            return record
+        return None if event["type"] == "DELETED" else event["object"]
+
+    @contextlib.contextmanager
+    def _heartbeating(self, name: str) -> Iterator[None]:
+        """Renew the record's heartbeat while the body runs."""
+        task = asyncio.create_task(self._renew(name))
+        self._heartbeats.add(task)
+        try:
+            yield
+        finally:
+            task.cancel()
+            self._heartbeats.discard(task)
+
+    async def _renew(self, name: str) -> None:
+        """Heartbeats, only while this replica still holds the record. A failed one is
+        logged and the copy goes on: at worst another replica takes over and copies too."""
+        while True:
+            await asyncio.sleep(self._heartbeat_every)
+            try:
+                await self._patch_as_holder(name, {"heartbeat": _timestamp(self._now())})
+            except KubeError as exc:
+                if exc.status in (404, 422):  # deleted, or held by another replica now
+                    log.warning(event_message("imagebackup_lost", record=name, error=str(exc)))
+                    return
+                log.warning(
+                    event_message("imagebackup_heartbeat_failed", record=name, error=str(exc))
+                )
+
+    async def _record_failure(self, name: str, exc: Exception) -> None:
+        """Mark the record Failed, so others take over at once; the copy's own exception is
+        what the caller gets, so failing to record it is only logged."""
+        message = " ".join(str(exc).split())[:MESSAGE_LIMIT] or type(exc).__name__
+        try:
+            await self._patch_as_holder(name, {"phase": FAILED, "message": message})
+        except KubeError as error:
+            log.warning(
+                event_message("imagebackup_failure_unrecorded", record=name, error=str(error))
+            )
+
+    async def _record_stored(self, name: str, stored: Stored) -> None:
+        """What the copy stored, then Ready: whoever holds the record, the backup exists."""
+        spec = {"size": stored.size, "platforms": [*stored.platforms], "blobs": [*stored.blobs]}
+        try:
+            await self._request(
+                f"recording what {self._what(name)} stored",
+                self._custom.patch_namespaced_custom_object,
+                name,
+                {"spec": spec},
+                _content_type=MERGE_PATCH,
+            )
+            await self._request(
+                f"marking {self._what(name)} Ready",
+                self._custom.patch_namespaced_custom_object_status,
+                name,
+                {"status": {"phase": READY, "message": ""}},
+                _content_type=MERGE_PATCH,
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            log.warning(
+                event_message(
+                    "imagebackup_vanished", record=name, consequence="copied, but not recorded"
+                )
+            )
+
+    async def _patch_as_holder(self, name: str, fields: Object) -> None:
+        """Set status fields unless another replica holds the record (then: 422)."""
+        operations = [{"op": "test", "path": "/status/holder", "value": self._holder}]
+        operations += [{"op": "add", "path": f"/status/{k}", "value": v} for k, v in fields.items()]
+        await self._request(
+            f"updating {self._what(name)}",
+            self._custom.patch_namespaced_custom_object_status,
+            name,
+            operations,
+            _content_type=JSON_PATCH,
+        )
+
+    async def _request(
+        self, doing: str, method: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """One call of a CustomObjectsApi method on this namespace's records, on a thread."""
+        call = functools.partial(
+            method,
+            GROUP,
+            VERSION,
+            self._namespace,
+            PLURAL,
+            *args,
+            _request_timeout=TIMEOUT_SECONDS,
+            **kwargs,
+        )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._requests, _translated, self._api, doing, call)
+
+    def _age(self, record: Object) -> float:
+        """Seconds since the record's holder last showed it was alive."""
+        return (self._now() - _heartbeat(record)).total_seconds()
+
+    def _what(self, name: str) -> str:
+        return f"ImageBackup {self._namespace}/{name}"
+
+
+def _translated(api: client.ApiClient, doing: str, call: Callable[[], Any]) -> Any:
+    with translated(api, doing):
+        return call()
+
+
+def _phase(record: Object) -> str:
+    """A record without a phase yet is its creator's, copying."""
+    return str((record.get("status") or {}).get("phase") or COPYING)
+
+
+def _heartbeat(record: Object) -> datetime:
+    """The holder's last heartbeat; a record without one counts from its creation."""
+    text = (record.get("status") or {}).get("heartbeat") or record["metadata"].get(
+        "creationTimestamp"
+    )
+    try:
+        at = datetime.fromisoformat(str(text))
+    except ValueError:
+        return _LONG_AGO  # unreadable: as good as abandoned
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _timestamp(at: datetime) -> str:
+    """RFC 3339 in UTC, as the CRD's date-time fields take it."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _repository(backup: str) -> str:
+    """``host[:port]/path`` of a ``host[:port]/path[:tag]@digest`` reference."""
+    repository = backup.partition("@")[0]
+    head, colon, tag = repository.rpartition(":")
+    return head if colon and "/" not in tag else repository
