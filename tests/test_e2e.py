@@ -3,53 +3,19 @@
 from __future__ import annotations
 
 import secrets
-import signal
-import ssl
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 import pytest
-import yaml
 
 from tests.admission_helpers import body, images_of, patched, response_of, sample
 from tests.support import images, skopeo
-from tests.support.registries import Registry, free_port
+from tests.support.registries import Registry
 from tests.support.tls import TLSFiles
+from tests.support.webhooks import Webhook, running_webhook
 
-
-@dataclass
-class Webhook:
-    url: str
-    context: ssl.SSLContext
-    process: subprocess.Popen[bytes]
-    log_file: Path
-    prefix: str
-
-    def post(self, path: str, payload: bytes) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            self.url + path, data=payload, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, context=self.context, timeout=60) as answer:
-                return answer.status, answer.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(
-                self.url + path, context=self.context, timeout=10
-            ) as answer:
-                return answer.status, answer.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
+PREFIX = f"e2e{secrets.token_hex(3)}"
 
 
 @pytest.fixture(scope="module")
@@ -60,48 +26,17 @@ def webhook(
     tls_ca: TLSFiles,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Webhook]:
-    work = tmp_path_factory.mktemp("e2e")
-    port, prefix = free_port(), f"e2e{secrets.token_hex(3)}"
-    config = work / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "server": {"port": port, "certFile": tls_ca.cert_file, "keyFile": tls_ca.key_file},
-                "backupRegistry": {
-                    "host": basic_registry.host,
-                    "prefix": prefix,
-                    "caFile": basic_registry.ca_file,
-                },
-                "registries": [
-                    {"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}
-                ],
-                "credentials": {"dockerConfig": basic_registry.docker_config},
-            }
-        )
-    )
-    log_file = work / "webhook.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "serve", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    context = ssl.create_default_context(cafile=tls_ca.ca_file)
-    hook = Webhook(f"https://127.0.0.1:{port}", context, process, log_file, prefix)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if hook.get("/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log_file.read_text()
-            time.sleep(0.1)
+    config = {
+        "backupRegistry": {
+            "host": basic_registry.host,
+            "prefix": PREFIX,
+            "caFile": basic_registry.ca_file,
+        },
+        "registries": [{"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}],
+        "credentials": {"dockerConfig": basic_registry.docker_config},
+    }
+    with running_webhook(tmp_path_factory.mktemp("e2e"), config, tls_ca) as hook:
         yield hook
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def test_mutate_a_deployment_over_tls(
@@ -114,7 +49,7 @@ def test_mutate_a_deployment_over_tls(
     after = images_of(patched(review, response)["spec"]["template"]["spec"])
     for container, source in (("nginx", "nginx:1.25"), ("sidecar", "busybox:1.36")):
         digest = hub[f"library/{source}"].digest
-        repository = f"{webhook.prefix}/docker.io/library/{source.split(':')[0]}"
+        repository = f"{PREFIX}/docker.io/library/{source.split(':')[0]}"
         assert (
             after[container]
             == f"{basic_registry.host}/{repository}:{source.split(':')[1]}@{digest}"
@@ -132,7 +67,7 @@ def test_audit_and_dry_run_over_tls(webhook: Webhook) -> None:
     assert len(audit["warnings"]) == 1
     assert audit["warnings"][0].startswith("would back up busybox:1.36 as ")
     # Backed up by the Deployment before: audit names the pinned backup enforce would use.
-    assert f"/{webhook.prefix}/docker.io/library/busybox:1.36@sha256:" in audit["warnings"][0]
+    assert f"/{PREFIX}/docker.io/library/busybox:1.36@sha256:" in audit["warnings"][0]
     dry = sample("deployment-create-dryrun")
     status, answer = webhook.post("/mutate", body(dry))
     assert status == 200 and response_of(answer, dry)["allowed"]

@@ -98,13 +98,14 @@ def _config(
     storage_dir: str,
     tls: tuple[str, str] | None,
     auth: dict[str, Any] | None,
+    access_log: bool = False,
 ) -> dict[str, Any]:
     http: dict[str, Any] = {"addr": f"127.0.0.1:{port}", "secret": _HTTP_SECRET}
     if tls is not None:
         http["tls"] = {"certificate": tls[0], "key": tls[1]}
     cfg: dict[str, Any] = {
         "version": 0.1,
-        "log": {"level": "error", "formatter": "text", "accesslog": {"disabled": True}},
+        "log": {"level": "error", "formatter": "text", "accesslog": {"disabled": not access_log}},
         "storage": {
             # no "cache" key: no blobdescriptor cache, the two processes stay consistent
             "filesystem": {"rootdirectory": storage_dir},
@@ -288,6 +289,7 @@ def start_registry(
     tls_dir: str | None = None,
     service: str | None = None,
     timeout: float = _READY_TIMEOUT,
+    access_log: bool = False,
 ) -> Registry:
     """Start a registry (front door + backdoor) with state under ``workdir``.
 
@@ -297,6 +299,8 @@ def start_registry(
       (defaults: ``tester`` / a random password).
     * ``auth="token"``: token auth against ``token_server``; ``username``/``password``
       default to the token server's first user, and those go into ``docker_config``.
+    * ``access_log``: the front door logs every request (combined log format) to
+      ``log_file``, for tests that count what reached the registry.
     """
     if shutil.which(REGISTRY_BINARY) is None:
         raise RuntimeError(f"{REGISTRY_BINARY} not found (apt-get install docker-registry)")
@@ -353,7 +357,14 @@ def start_registry(
         main_cfg = os.path.join(workdir, "config.yml")
         back_cfg = os.path.join(workdir, "backdoor.yml")
         _write_json(
-            main_cfg, _config(port=port, storage_dir=storage_dir, tls=tls_pair, auth=auth_cfg)
+            main_cfg,
+            _config(
+                port=port,
+                storage_dir=storage_dir,
+                tls=tls_pair,
+                auth=auth_cfg,
+                access_log=access_log,
+            ),
         )
         _write_json(back_cfg, _config(port=bport, storage_dir=storage_dir, tls=None, auth=None))
         main = _Proc(

@@ -1,0 +1,239 @@
+"""Webhook replicas in a cluster: two `image-backup serve` processes sharing one (fake) API
+server and real registries. They copy a new image once between them, record it, and put
+Events on what they admit."""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.admission_helpers import body, images_of, patched, response_of, sample, with_object
+from tests.support import images
+from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, FakeKube, Query
+from tests.support.faultproxy import FaultProxyFactory, delay
+from tests.support.registries import Registry, RegistryFactory
+from tests.support.tls import TLSFiles
+from tests.support.webhooks import Webhook, running_webhook
+from webhook.kube.records import record_name
+
+NAMESPACE = "image-backup"
+
+
+def uploads(registry: Registry, repository: str) -> list[str]:
+    """Completed blob uploads into `repository`, from the registry's access log."""
+    with open(registry.log_file) as log:
+        return [
+            line
+            for line in log
+            if f'"PUT /v2/{repository}/blobs/uploads/' in line and '" 201 ' in line
+        ]
+
+
+def listed(kube: FakeKube, resource: Any, namespace: str) -> list[dict[str, Any]]:
+    items, _ = kube.store.list_objects(Query(resource, namespace, [], []))
+    return items
+
+
+def deployment_of(image: str) -> dict[str, Any]:
+    review = sample("deployment-create")
+    deployment = review["request"]["object"]
+    template = deployment["spec"]["template"]["spec"]
+    template["containers"] = [{"name": "app", "image": image}]
+    template.pop("initContainers", None)
+    return with_object(review, deployment)
+
+
+def post_together(calls: list[tuple[Webhook, dict[str, Any]]]) -> list[dict[str, Any]]:
+    def post(call: tuple[Webhook, dict[str, Any]]) -> dict[str, Any]:
+        hook, review = call
+        status, answer = hook.post("/mutate", body(review))
+        assert status == 200, answer
+        return response_of(answer, review)
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(post, calls))
+
+
+def test_two_replicas_admitting_the_same_new_image_copy_it_once(
+    fake_kube: FakeKube,
+    registry_factory: RegistryFactory,
+    plain_registry: Registry,
+    fault_proxy: FaultProxyFactory,
+    image_cache: str,
+    tls_ca: TLSFiles,
+    tmp_path: Path,
+) -> None:
+    backup = registry_factory(tls=True, auth="basic", access_log=True)
+    name = f"shared{secrets.token_hex(3)}"
+    made = images.make_image(image_cache, [300_000, 200_000, 100_000], seed=7200, fmt="oci")
+    images.push(plain_registry.backdoor_url, f"library/{name}", "1.0", made)
+    source = fault_proxy(plain_registry)
+    # Slow blob reads: the copy lasts long enough that both replicas ask while it runs.
+    source.add(delay(0.5, method="GET", path="/blobs/"))
+    config = {
+        "backupRegistry": {"host": backup.host, "prefix": "mirror", "caFile": backup.ca_file},
+        "registries": [{"host": "docker.io", "endpoint": source.url, "insecure": True}],
+        "credentials": {"dockerConfig": backup.docker_config},
+    }
+
+    def replica(pod: str) -> Any:
+        return running_webhook(
+            tmp_path, config, tls_ca, env={"POD_NAMESPACE": NAMESPACE, "POD_NAME": pod}
+        )
+
+    with replica("replica-a") as a, replica("replica-b") as b:
+        first, second = deployment_of(f"{name}:1.0"), deployment_of(f"{name}:1.0")
+        answers = post_together([(a, first), (b, second)])
+        # A restarted replica learns the stored blobs from the Ready record.
+        logs = a.log_file.read_text() + b.log_file.read_text()
+    for review, answer in zip((first, second), answers, strict=True):
+        assert answer["allowed"] is True, answer
+        image = images_of(patched(review, answer)["spec"]["template"]["spec"])["app"]
+        assert image == f"{backup.host}/mirror/docker.io/library/{name}:1.0@{made.digest}"
+
+    # Exactly one copy: each blob was uploaded once, by one of the two.
+    assert len(uploads(backup, f"mirror/docker.io/library/{name}")) == len(made.blobs)
+    (record,) = listed(fake_kube, IMAGE_BACKUPS, NAMESPACE)
+    assert record["status"]["phase"] == "Ready"
+    assert record["status"]["holder"] in ("replica-a", "replica-b")
+    assert record["spec"]["digest"] == made.digest
+    assert record["spec"]["source"] == f"docker.io/library/{name}:1.0"
+    assert set(record["spec"]["blobs"]) == set(made.blobs)
+    stored = len(made.manifest_bytes) + sum(blob.size for blob in made.blobs.values())
+    assert record["spec"]["size"] == stored
+    # The other replica waited on the record instead of copying.
+    watches = [
+        c for c in fake_kube.calls if c.path.endswith("/imagebackups") and c.query.get("watch")
+    ]
+    assert watches, "no replica watched the record"
+    assert "image_backup_records_unavailable" not in logs
+
+    # Events on the Deployment, by name (a CREATE has no uid yet).
+    backed_up = [e for e in listed(fake_kube, EVENTS, "wh-test") if e["reason"] == "ImageBackedUp"]
+    assert backed_up
+    for event in backed_up:
+        assert event["involvedObject"]["kind"] == "Deployment"
+        assert event["involvedObject"]["name"] == first["request"]["name"]
+        assert "uid" not in event["involvedObject"]
+        assert event["type"] == "Normal"
+        assert made.digest in event["message"]
+
+
+def test_a_restarted_replica_mounts_blobs_it_learned_from_ready_records(
+    fake_kube: FakeKube,
+    registry_factory: RegistryFactory,
+    plain_registry: Registry,
+    image_cache: str,
+    tls_ca: TLSFiles,
+    tmp_path: Path,
+) -> None:
+    backup = registry_factory(tls=True, auth="basic", access_log=True)
+    base = f"base{secrets.token_hex(3)}"
+    first = images.make_image(image_cache, [200_000, 10_000], seed=7300, fmt="oci")
+    # The same first layer, another image on top: what a shared base image looks like.
+    second = images.make_image(image_cache, [200_000, 20_000], seed=7300, fmt="oci")
+    shared = first.layers[0].digest
+    assert second.layers[0].digest == shared
+    images.push(plain_registry.backdoor_url, f"library/{base}-one", "1", first)
+    images.push(plain_registry.backdoor_url, f"library/{base}-two", "1", second)
+    config = {
+        "backupRegistry": {"host": backup.host, "prefix": "mirror", "caFile": backup.ca_file},
+        "registries": [{"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}],
+        "credentials": {"dockerConfig": backup.docker_config},
+    }
+    env = {"POD_NAMESPACE": NAMESPACE, "POD_NAME": "replica-a"}
+    with running_webhook(tmp_path, config, tls_ca, env=env) as hook:
+        (answer,) = post_together([(hook, deployment_of(f"{base}-one:1"))])
+        assert answer["allowed"] is True
+    # A new process: nothing in memory but what the records say.
+    with running_webhook(tmp_path, config, tls_ca, env=env) as hook:
+        (answer,) = post_together([(hook, deployment_of(f"{base}-two:1"))])
+        assert answer["allowed"] is True
+        log = hook.log_file.read_text()
+    warmed = [orjson.loads(line) for line in log.splitlines() if "known_blobs_warmed" in line]
+    assert warmed and warmed[0]["records"] == "1"
+    # The shared layer was mounted from the first repository, not uploaded again.
+    second_uploads = uploads(backup, f"mirror/docker.io/library/{base}-two")
+    assert not any(shared in line for line in second_uploads)
+    assert len(second_uploads) == len(second.blobs) - 1
+    with open(backup.log_file) as registry_log:
+        mounts = [line for line in registry_log if f"mount={shared}" in line]
+    assert mounts
+
+
+@pytest.mark.parametrize("stale", [True, False], ids=["stale", "fresh"])
+def test_a_record_left_copying_by_a_dead_replica(
+    fake_kube: FakeKube,
+    registry_factory: RegistryFactory,
+    plain_registry: Registry,
+    image_cache: str,
+    tls_ca: TLSFiles,
+    tmp_path: Path,
+    stale: bool,
+) -> None:
+    """A replica died mid-copy. Once its heartbeat is older than staleAfterSeconds another
+    takes the record over and copies; before that, admissions wait and are told to retry."""
+    backup = registry_factory(tls=True, auth="basic", access_log=True)
+    name = f"orphan{secrets.token_hex(3)}"
+    made = images.make_image(image_cache, [50_000], seed=7400, fmt="oci")
+    images.push(plain_registry.backdoor_url, f"library/{name}", "1.0", made)
+    repository = f"mirror/docker.io/library/{name}"
+    now = datetime.datetime.now(datetime.UTC)
+    heartbeat = (now - datetime.timedelta(minutes=10) if stale else now).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    record_of_the_dead = record_name(f"{backup.host}/{repository}", made.digest)
+    fake_kube.store.create(
+        IMAGE_BACKUPS,
+        NAMESPACE,
+        {
+            "metadata": {"name": record_of_the_dead},
+            "spec": {
+                "source": f"docker.io/library/{name}:1.0",
+                "backup": f"{backup.host}/{repository}:1.0@{made.digest}",
+                "digest": made.digest,
+            },
+        },
+    )
+    fake_kube.store.patch(
+        IMAGE_BACKUPS,
+        NAMESPACE,
+        record_of_the_dead,
+        {"status": {"phase": "Copying", "holder": "replica-dead", "heartbeat": heartbeat}},
+        "application/merge-patch+json",
+        status_only=True,
+    )
+    config = {
+        "backupRegistry": {"host": backup.host, "prefix": "mirror", "caFile": backup.ca_file},
+        "registries": [{"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}],
+        "credentials": {"dockerConfig": backup.docker_config},
+        "admissionBudgetSeconds": 2,
+        "records": {"staleAfterSeconds": 30, "heartbeatSeconds": 5},
+    }
+    env = {"POD_NAMESPACE": NAMESPACE, "POD_NAME": "replica-b"}
+    with running_webhook(tmp_path, config, tls_ca, env=env) as hook:
+        (answer,) = post_together([(hook, deployment_of(f"{name}:1.0"))])
+    (record,) = listed(fake_kube, IMAGE_BACKUPS, NAMESPACE)
+    if stale:
+        assert answer["allowed"] is True, answer
+        assert record["status"]["phase"] == "Ready"
+        assert record["status"]["holder"] == "replica-b"
+        assert len(uploads(backup, repository)) == len(made.blobs)
+    else:
+        assert answer["allowed"] is False
+        assert (
+            "still copying into the backup registry, retry shortly" in answer["status"]["message"]
+        )
+        assert record["status"]["holder"] == "replica-dead"
+        assert uploads(backup, repository) == []
+        failed = [
+            e for e in listed(fake_kube, EVENTS, "wh-test") if e["reason"] == "ImageBackupFailed"
+        ]
+        assert len(failed) == 1 and failed[0]["type"] == "Warning"
+        assert name in failed[0]["message"]
