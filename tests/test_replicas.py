@@ -5,6 +5,7 @@ Events on what they admit."""
 from __future__ import annotations
 
 import datetime
+import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,13 +15,19 @@ import orjson
 import pytest
 
 from tests.admission_helpers import body, images_of, patched, response_of, sample, with_object
+from tests.helpers import make_config
 from tests.support import images
-from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, FakeKube, Query
+from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, Call, FakeKube, KubeError, Query
 from tests.support.faultproxy import FaultProxyFactory, delay
 from tests.support.registries import Registry, RegistryFactory
 from tests.support.tls import TLSFiles
 from tests.support.webhooks import Webhook, running_webhook
-from webhook.kube.records import record_name
+from webhook.admission.handler import Admission
+from webhook.cluster import Coordination
+from webhook.engine import open_engine
+from webhook.kube.client import api_client
+from webhook.kube.records import BackupRecords, record_name
+from webhook.metrics import Metrics
 
 NAMESPACE = "image-backup"
 
@@ -237,3 +244,41 @@ def test_a_record_left_copying_by_a_dead_replica(
         ]
         assert len(failed) == 1 and failed[0]["type"] == "Warning"
         assert name in failed[0]["message"]
+
+
+async def test_without_the_crd_each_replica_copies_on_its_own(
+    fake_kube: FakeKube,
+    registry_factory: RegistryFactory,
+    plain_registry: Registry,
+    image_cache: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Records save work; they are not a condition for it."""
+
+    def no_crd(call: Call) -> None:
+        if "/image-backup.io/" in call.path:
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
+
+    fake_kube.interceptors.append(no_crd)
+    backup = registry_factory(tls=True, auth="basic")
+    name = f"lonely{secrets.token_hex(3)}"
+    made = images.make_image(image_cache, [20_000], seed=7500, fmt="oci")
+    images.push(plain_registry.backdoor_url, f"library/{name}", "1.0", made)
+    config = make_config(
+        backup,
+        sources=[{"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}],
+        docker_config=backup.docker_config,
+    )
+    with api_client() as api:
+        records = BackupRecords(api, NAMESPACE, "replica-a")
+        async with open_engine(config, coordinator=Coordination(records)) as engine:
+            hook = Admission(engine, config, Metrics())
+            review = deployment_of(f"{name}:1.0")
+            with caplog.at_level(logging.WARNING, logger="image_backup.cluster"):
+                answer = response_of(await hook.review(body(review), "enforce"), review)
+        await records.close()
+    assert answer["allowed"] is True
+    image = images_of(patched(review, answer)["spec"]["template"]["spec"])["app"]
+    assert image.endswith(f"@{made.digest}")
+    (warning,) = [r for r in caplog.records if "image_backup_records_unavailable" in r.getMessage()]
+    assert "404" in warning.getMessage()

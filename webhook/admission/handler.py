@@ -17,7 +17,7 @@ from ..metrics import Metrics
 from ..reference import Reference
 from ..registry.cache import ExpiringCache
 from ..registry.client import Repository
-from ..registry.copy import CopyEngine, CopyResult
+from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
 from ..registry.errors import RegistryError
 from .objects import ObjectMeta
@@ -66,7 +66,6 @@ SKIP_ANNOTATION = "image-backup.io/skip"
 # annotation "image-backup.io/would-back-up".
 WOULD_BACK_UP = "would-back-up"
 MAX_WARNING = 255
-STILL_COPYING = "still copying into the backup registry, retry shortly"
 
 
 @dataclass(slots=True)

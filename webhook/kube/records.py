@@ -31,14 +31,13 @@ from typing import Any
 from kubernetes import client, watch
 
 from ..events import event_message
-from ..registry.copy import Stored
+from ..registry.copy import STILL_COPYING, Stored
 from .client import TIMEOUT_SECONDS, KubeError, translated
 
 log = logging.getLogger("image_backup.records")
 
 GROUP, VERSION, PLURAL, KIND = "image-backup.io", "v1alpha1", "imagebackups", "ImageBackup"
 COPYING, READY, FAILED = "Copying", "Ready", "Failed"
-STILL_COPYING = "still copying into the backup registry, retry shortly"
 WATCH_SECONDS = 5  # each watch stream at most: then staleness is judged again
 MESSAGE_LIMIT = 1000
 MERGE_PATCH = "application/merge-patch+json"

@@ -30,6 +30,9 @@ from .known import KnownBlobs
 from .media import Descriptor, Manifest
 from .retry import retrying
 
+# Why an admission cannot use a backup yet: its copy outlasted the wait, here or elsewhere.
+STILL_COPYING = "still copying into the backup registry, retry shortly"
+
 
 class Progress(Protocol):
     def expect(self, nbytes: int) -> None: ...
