@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.admission_helpers import body, images_of, patched, response_of, sample, with_object
-from tests.helpers import make_config
+from tests.helpers import deadline, make_config, plain_to
 from tests.support import images
 from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, Call, FakeKube, KubeError, Query
 from tests.support.faultproxy import FaultProxyFactory, delay
@@ -28,6 +28,7 @@ from webhook.engine import open_engine
 from webhook.kube.client import api_client
 from webhook.kube.records import BackupRecords, record_name
 from webhook.metrics import Metrics
+from webhook.reference import parse
 
 NAMESPACE = "image-backup"
 
@@ -112,6 +113,7 @@ def test_two_replicas_admitting_the_same_new_image_copy_it_once(
     assert record["spec"]["digest"] == made.digest
     assert record["spec"]["source"] == f"docker.io/library/{name}:1.0"
     assert set(record["spec"]["blobs"]) == set(made.blobs)
+    assert record["spec"]["platforms"] == ["linux/amd64"]
     stored = len(made.manifest_bytes) + sum(blob.size for blob in made.blobs.values())
     assert record["spec"]["size"] == stored
     # The other replica waited on the record instead of copying.
@@ -282,3 +284,31 @@ async def test_without_the_crd_each_replica_copies_on_its_own(
     assert image.endswith(f"@{made.digest}")
     (warning,) = [r for r in caplog.records if "image_backup_records_unavailable" in r.getMessage()]
     assert "404" in warning.getMessage()
+
+
+async def test_the_record_of_an_index_names_its_platforms_and_every_blob(
+    fake_kube: FakeKube,
+    plain_registry: Registry,
+    basic_registry: Registry,
+    image_cache: str,
+    unique_repo: str,
+) -> None:
+    amd64 = images.make_image(image_cache, [20_000], seed=7600, fmt="oci")
+    arm64 = images.make_image(
+        image_cache, [30_000], seed=7601, fmt="oci", platform=("linux", "arm64", "v8")
+    )
+    index = images.make_index(image_cache, [amd64, arm64], "oci")
+    images.push(plain_registry.backdoor_url, unique_repo, "multi", index)
+    config = plain_to(plain_registry, basic_registry)
+    with api_client() as api:
+        records = BackupRecords(api, NAMESPACE, "replica-a")
+        async with open_engine(config, coordinator=Coordination(records)) as engine:
+            source = parse(f"{plain_registry.host}/{unique_repo}:multi")
+            result = await engine.backup(source, deadline=deadline())
+        await records.close()
+    (record,) = listed(fake_kube, IMAGE_BACKUPS, NAMESPACE)
+    assert record["spec"]["backup"] == str(result.backup)
+    assert record["spec"]["platforms"] == ["linux/amd64", "linux/arm64/v8"]
+    assert set(record["spec"]["blobs"]) == set(index.blobs)
+    manifests = len(index.manifest_bytes) + len(amd64.manifest_bytes) + len(arm64.manifest_bytes)
+    assert record["spec"]["size"] == manifests + sum(b.size for b in index.blobs.values())

@@ -27,11 +27,12 @@ from .credentials import Credential, DockerConfig
 from .errors import CorruptTransfer, RegistryError, UnsupportedManifest
 from .flight import SingleFlight
 from .known import KnownBlobs
-from .media import Descriptor, Manifest
+from .media import IMAGE_CONFIG_TYPES, Descriptor, Manifest, platform_of_config
 from .retry import retrying
 
 # Why an admission cannot use a backup yet: its copy outlasted the wait, here or elsewhere.
 STILL_COPYING = "still copying into the backup registry, retry shortly"
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class Progress(Protocol):
@@ -44,7 +45,7 @@ class Stored:
     """What a finished copy holds in the backup registry, for whoever keeps records of it."""
 
     size: int  # bytes of every manifest and blob
-    platforms: tuple[str, ...]  # as an index names them; none for a single-platform image
+    platforms: tuple[str, ...]  # as the index or the image config names them
     blobs: tuple[str, ...]  # every blob digest, all platforms
 
 
@@ -289,8 +290,30 @@ class CopyEngine:
         # copy: sending those again costs less than asking about every blob.
         job.check_existing = await self._client.has_tags(job.dst, deadline=job.deadline)
         manifest = await self._fetch_manifest(job, digest)
-        await self._copy_manifest(job, manifest, anchor_tag(digest))
+        work = [self._copy_manifest(job, manifest, anchor_tag(digest))]
+        if self._coordinator is not None and not manifest.is_index:
+            work.append(self._note_platform(job, manifest.blobs[0]))
+        await _all(work)
         return _Tree(manifest, job.stats)
+
+    async def _note_platform(self, job: _Job, config: Descriptor) -> None:
+        """For the record: a single-platform image names its platform in its config only.
+        Configs are small; one that is not, or cannot be read, just goes unnamed."""
+        if config.media_type not in IMAGE_CONFIG_TYPES or config.size > MAX_CONFIG_BYTES:
+            return
+        try:
+            async with (
+                self._slots,
+                self._client.open_blob(
+                    job.src, config.digest, deadline=job.deadline, keyring=job.keyring
+                ) as chunks,
+            ):
+                raw = b"".join([chunk async for chunk in chunks])
+        except RegistryError:
+            return
+        platform = platform_of_config(raw)
+        if platform:
+            job.platforms.append(platform)
 
     async def _copy_manifest(self, job: _Job, manifest: Manifest, reference: str) -> None:
         """Everything a manifest points at first, then the manifest itself."""

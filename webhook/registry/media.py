@@ -17,7 +17,11 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 
@@ -119,12 +123,23 @@ def _descriptor(value: object) -> Descriptor:
         raise ValueError(f"unsupported descriptor digest {digest!r}")
     if not isinstance(size, int) or size < 0:
         raise ValueError(f"bad descriptor size {size!r}")
-    return Descriptor(str(value.get("mediaType", "")), digest, size, _platform(value))
+    return Descriptor(
+        str(value.get("mediaType", "")), digest, size, _platform(value.get("platform"))
+    )
 
 
-def _platform(descriptor: dict[str, object]) -> str:
-    platform = descriptor.get("platform")
-    if not isinstance(platform, dict):
+def platform_of_config(raw: bytes) -> str:
+    """The platform an image config names (a single-platform image says it nowhere else),
+    "" if it names none."""
+    try:
+        return _platform(orjson.loads(raw))
+    except orjson.JSONDecodeError:
         return ""
-    parts = (platform.get("os"), platform.get("architecture"), platform.get("variant"))
+
+
+def _platform(fields: object) -> str:
+    """ "os/architecture[/variant]" from an index's platform object or an image config."""
+    if not isinstance(fields, dict):
+        return ""
+    parts = (fields.get("os"), fields.get("architecture"), fields.get("variant"))
     return "/".join(part for part in parts if isinstance(part, str) and part)
