@@ -210,7 +210,7 @@ class Admission:
             return self._unreadable(request, mode, started)
         spec = pod_spec(request.group, request.kind, obj)
         fields = image_fields(request.group, request.kind, spec) if spec is not None else []
-        if not fields:
+        if spec is None or not fields:
             return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
         metadata = obj.metadata
         annotations = metadata.annotations if metadata is not None else None
@@ -218,7 +218,6 @@ class Admission:
             outcome = _Outcome(counts={Action.EXCLUDED.value: len(fields)})
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
         recorded = annotations.get(ORIGINAL_IMAGES) if annotations is not None else None
-        assert spec is not None
         account, pull_secrets = pull_identity(spec)
         # Everything an answer made from memory depends on, the uid aside; the shape of
         # the metadata decides how the patch adds the annotation.
