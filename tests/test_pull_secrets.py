@@ -245,3 +245,28 @@ async def test_forbidden_secrets_fall_back_to_the_configured_login(
     forbidden = [r for r in caplog.records if "pull_secrets_forbidden" in r.getMessage()]
     assert len(forbidden) == 1
     assert len(secret_reads(fake_kube)) == 1  # not asked again while forbidden
+
+
+async def test_an_unanswered_read_is_not_remembered(
+    fake_kube: FakeKube,
+    private: Registry,
+    basic_registry: Registry,
+    image: tuple[str, images.Image],
+) -> None:
+    """The API server failing (or too slow) gives this admission the configured login only;
+    the next one asks again instead of living with the failure for a whole lifetime."""
+    name, _ = image
+    fake_kube.store.create(SECRETS, "team-a", docker_config_secret("regcred", private))
+
+    def overloaded(call: Call) -> None:
+        if "/secrets/" in call.path:
+            raise KubeError(500, "InternalError", "etcdserver: request timed out")
+
+    fake_kube.interceptors.append(overloaded)
+    async with webhook(config_for(private, basic_registry)) as hook:
+        first = await admit(hook, pod_review("team-a", name, pull_secrets=("regcred",)))
+        fake_kube.interceptors.remove(overloaded)
+        second = await admit(hook, pod_review("team-a", name, pull_secrets=("regcred",)))
+    assert first["allowed"] is False and "unauthorized" in first["status"]["message"]
+    assert second["allowed"] is True
+    assert len(secret_reads(fake_kube)) == 2

@@ -83,7 +83,7 @@ def test_two_replicas_admitting_the_same_new_image_copy_it_once(
     images.push(plain_registry.backdoor_url, f"library/{name}", "1.0", made)
     source = fault_proxy(plain_registry)
     # Slow blob reads: the copy lasts long enough that both replicas ask while it runs.
-    source.add(delay(0.5, method="GET", path="/blobs/"))
+    source.add(delay(1.0, method="GET", path="/blobs/"))
     config = {
         "backupRegistry": {"host": backup.host, "prefix": "mirror", "caFile": backup.ca_file},
         "registries": [{"host": "docker.io", "endpoint": source.url, "insecure": True}],

@@ -32,6 +32,9 @@ _DOCKER_KEYS = {
     "kubernetes.io/dockercfg": ".dockercfg",
 }
 FORBIDDEN_PAUSE = 600.0  # after a 403, use only the configured login for this long
+# Per read: an admission waits for these the first time a workload identity is seen, and a
+# slow API server must not use up its budget (it then gets the configured login).
+READ_TIMEOUT_SECONDS = 5.0
 
 Identity = tuple[str, str, tuple[str, ...]]  # namespace, ServiceAccount, imagePullSecrets
 
@@ -83,10 +86,16 @@ class PullCredentials:
     async def _read(self, identity: Identity) -> DockerConfig:
         read_at = self._clock()
         keyring = await asyncio.to_thread(self._read_blocking, identity)
+        if keyring is None:
+            # Not readable now (the API server is slow or down): keep using what was read
+            # before, and ask again next time rather than remember the failure.
+            known = self._known.get(identity)
+            return known[0][0] if known is not None else self._configured
         self._known.put(identity, (keyring, read_at), self._ttl * 10)
         return keyring
 
-    def _read_blocking(self, identity: Identity) -> DockerConfig:
+    def _read_blocking(self, identity: Identity) -> DockerConfig | None:
+        """The identity's credentials; None when the API server could not say."""
         namespace, service_account, secret_names = identity
         if self._clock() < self._forbidden_until:
             return self._configured
@@ -112,15 +121,17 @@ class PullCredentials:
                         consequence="using only the configured credentials for 10 minutes",
                     )
                 )
-            else:
-                log.warning(event_message("pull_secrets_unreadable", error=str(exc)))
-            return self._configured
+                return self._configured
+            log.warning(event_message("pull_secrets_unreadable", error=str(exc)))
+            return None
         return keyring.then(self._configured)
 
     def _account_secrets(self, core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
         try:
             with translated(core.api_client, f"reading ServiceAccount {namespace}/{name}"):
-                account = core.read_namespaced_service_account(name, namespace)
+                account = core.read_namespaced_service_account(
+                    name, namespace, _request_timeout=READ_TIMEOUT_SECONDS
+                )
         except KubeError as exc:
             if exc.status == 404:  # not created yet: the pod will wait for it anyway
                 return []
@@ -132,7 +143,9 @@ class PullCredentials:
         where = f"pull secret {namespace}/{name}"
         try:
             with translated(core.api_client, f"reading {where}"):
-                secret = core.read_namespaced_secret(name, namespace)
+                secret = core.read_namespaced_secret(
+                    name, namespace, _request_timeout=READ_TIMEOUT_SECONDS
+                )
         except KubeError as exc:
             if exc.status == 404:
                 log.info(event_message("pull_secret_missing", secret=f"{namespace}/{name}"))
