@@ -16,7 +16,7 @@ import pytest
 
 from tests.admission_helpers import body, images_of, patched, response_of, sample, with_object
 from tests.helpers import deadline, make_config, plain_to
-from tests.support import images
+from tests.support import images, skopeo
 from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, Call, FakeKube, KubeError, Query
 from tests.support.faultproxy import FaultProxyFactory, delay
 from tests.support.registries import Registry, RegistryFactory
@@ -312,3 +312,46 @@ async def test_the_record_of_an_index_names_its_platforms_and_every_blob(
     assert set(record["spec"]["blobs"]) == set(index.blobs)
     manifests = len(index.manifest_bytes) + len(amd64.manifest_bytes) + len(arm64.manifest_bytes)
     assert record["spec"]["size"] == manifests + sum(b.size for b in index.blobs.values())
+
+
+async def test_a_ready_record_whose_backup_is_gone_is_copied_again(
+    fake_kube: FakeKube,
+    plain_registry: Registry,
+    basic_registry: Registry,
+    image_cache: str,
+    unique_repo: str,
+) -> None:
+    """Someone deleted the backup from the registry (or its garbage collection did): the
+    record is not trusted over the registry, and the backup is made again."""
+    made = images.make_image(image_cache, [15_000], seed=7700, fmt="oci")
+    images.push(plain_registry.backdoor_url, unique_repo, "1.0", made)
+    config = plain_to(plain_registry, basic_registry)
+    source = parse(f"{plain_registry.host}/{unique_repo}:1.0")
+    with api_client() as api:
+        records = BackupRecords(api, NAMESPACE, "replica-a")
+        async with open_engine(config, coordinator=Coordination(records)) as engine:
+            target = engine.target_for(source)
+            name = record_name(str(target), made.digest)
+            fake_kube.store.create(
+                IMAGE_BACKUPS,
+                NAMESPACE,
+                {
+                    "metadata": {"name": name},
+                    "spec": {"source": str(source), "backup": "gone", "digest": made.digest},
+                },
+            )
+            fake_kube.store.patch(
+                IMAGE_BACKUPS,
+                NAMESPACE,
+                name,
+                {"status": {"phase": "Ready", "holder": "replica-gone"}},
+                "application/merge-patch+json",
+                status_only=True,
+            )
+            result = await engine.backup(source, deadline=deadline())
+        await records.close()
+    assert result.stats.blobs_uploaded == len(made.blobs)
+    assert skopeo.inspect_raw_digest(basic_registry, f"{target.path}@{made.digest}") == made.digest
+    record = fake_kube.store.get(IMAGE_BACKUPS, NAMESPACE, name)
+    assert record["status"]["phase"] == "Ready"
+    assert record["status"]["holder"] == "replica-a"

@@ -62,6 +62,7 @@ class Coordination:
         copy: Callable[[], Awaitable[Stored]],
         *,
         deadline: float,
+        present: Callable[[], Awaitable[bool]],
     ) -> Stored | None:
         stored: list[Stored] = []
         started = False
@@ -74,7 +75,7 @@ class Coordination:
 
         try:
             return await self._records.exclusive(
-                source, backup, backup_repo, digest, tracked, deadline=deadline
+                source, backup, backup_repo, digest, tracked, deadline=deadline, present=present
             )
         except KubeError as exc:
             self._warn(exc)

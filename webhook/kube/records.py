@@ -108,13 +108,16 @@ class BackupRecords:
         copy: Callable[[], Awaitable[Stored]],
         *,
         deadline: float,
+        present: Callable[[], Awaitable[bool]] | None = None,
     ) -> Stored | None:
         """Run `copy` if this replica holds the record; None when another replica made it Ready.
         `backup` is the pinned backup reference string for spec.backup; deadline is
-        time.monotonic()-based and bounds only the wait for the record, not the copy."""
+        time.monotonic()-based and bounds only the wait for the record, not the copy.
+        `present` checks a Ready record against the registry: a backup deleted since it was
+        recorded is copied again (the record taken over) instead of trusted."""
         name = record_name(backup_repo, digest)
         spec = {"source": source, "backup": backup, "digest": digest}
-        if not await self._acquire(name, spec, deadline):
+        if not await self._acquire(name, spec, deadline, present):
             return None
         try:
             with self._heartbeating(name):
@@ -179,7 +182,13 @@ class BackupRecords:
         self._requests.shutdown(wait=False, cancel_futures=True)
         self._watches.shutdown(wait=False, cancel_futures=True)
 
-    async def _acquire(self, name: str, spec: Object, deadline: float) -> bool:
+    async def _acquire(
+        self,
+        name: str,
+        spec: Object,
+        deadline: float,
+        present: Callable[[], Awaitable[bool]] | None,
+    ) -> bool:
         """True once this replica holds the record; False when another one made it Ready."""
         record: Object | None = None
         while True:
@@ -189,11 +198,12 @@ class BackupRecords:
                 record = await self._read(name)  # None: deleted meanwhile, create again
                 continue
             phase = _phase(record)
-            if phase == READY:
+            missing = phase == READY and present is not None and not await present()
+            if phase == READY and not missing:
                 return False
             if time.monotonic() >= deadline:
                 raise TimeoutError(STILL_COPYING)
-            if phase == FAILED or self._age(record) >= self._stale_after:
+            if missing or phase == FAILED or self._age(record) >= self._stale_after:
                 if await self._take_over(record):
                     return True
                 record = await self._read(name)

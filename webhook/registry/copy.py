@@ -61,8 +61,10 @@ class Coordinator(Protocol):
         copy: Callable[[], Awaitable[Stored]],
         *,
         deadline: float,
+        present: Callable[[], Awaitable[bool]],
     ) -> Stored | None:
-        """Run `copy` if this replica is to make the backup; None when another one made it."""
+        """Run `copy` if this replica is to make the backup; None when another one made it
+        (`present` confirming the registry holds it)."""
         ...
 
 
@@ -264,18 +266,14 @@ class CopyEngine:
             copied.append(await self._copy_new(job, digest))
             return job.stored()
 
+        async def present() -> bool:
+            return await self._holds(dst, digest, deadline)
+
         await self._coordinator.exclusive(
-            str(source), str(backup), str(dst), digest, copy, deadline=deadline
+            str(source), str(backup), str(dst), digest, copy, deadline=deadline, present=present
         )
-        if copied:
-            return copied[0]
-        # Another replica made it: trust its record only as far as the registry agrees.
-        if not await self._holds(dst, digest, deadline):
-            raise RegistryError(
-                f"{backup}: another webhook replica recorded it as stored, "
-                "but the backup registry does not have it"
-            )
-        return _Tree(None, CopyStats())
+        # Copied here, or by another replica (and the registry agrees with its record).
+        return copied[0] if copied else _Tree(None, CopyStats())
 
     async def _holds(self, dst: Repository, digest: str, deadline: float) -> bool:
         # Asking with push scope also sets up the target's authorization once,
