@@ -48,6 +48,28 @@ def listed(kube: FakeKube, resource: Any, namespace: str) -> list[dict[str, Any]
     return items
 
 
+def made_by(metrics: Metrics) -> dict[str, float]:
+    """image_backup_coordinated_copies_total, by its label."""
+    return {
+        sample.labels["by"]: sample.value
+        for family in metrics.registry.collect()
+        if family.name == "image_backup_coordinated_copies"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def scraped_made_by(hook: Webhook) -> dict[str, float]:
+    status, page = hook.get("/metrics")
+    assert status == 200
+    found = {}
+    for line in page.decode().splitlines():
+        if line.startswith("image_backup_coordinated_copies_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('"')[1]] = float(value)
+    return found
+
+
 def deployment_of(image: str) -> dict[str, Any]:
     review = sample("deployment-create")
     deployment = review["request"]["object"]
@@ -98,7 +120,7 @@ def test_two_replicas_admitting_the_same_new_image_copy_it_once(
     with replica("replica-a") as a, replica("replica-b") as b:
         first, second = deployment_of(f"{name}:1.0"), deployment_of(f"{name}:1.0")
         answers = post_together([(a, first), (b, second)])
-        # A restarted replica learns the stored blobs from the Ready record.
+        counted = [scraped_made_by(a), scraped_made_by(b)]
         logs = a.log_file.read_text() + b.log_file.read_text()
     for review, answer in zip((first, second), answers, strict=True):
         assert answer["allowed"] is True, answer
@@ -122,6 +144,8 @@ def test_two_replicas_admitting_the_same_new_image_copy_it_once(
     ]
     assert watches, "no replica watched the record"
     assert "image_backup_records_unavailable" not in logs
+    # One replica says it made the copy, the other that another replica did.
+    assert sorted(counted, key=str) == [{"other_replica": 1.0}, {"this_replica": 1.0}]
 
     # Events on the Deployment, by name (a CREATE has no uid yet).
     backed_up = [e for e in listed(fake_kube, EVENTS, "wh-test") if e["reason"] == "ImageBackedUp"]
@@ -271,10 +295,11 @@ async def test_without_the_crd_each_replica_copies_on_its_own(
         sources=[{"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}],
         docker_config=backup.docker_config,
     )
+    metrics = Metrics()
     with api_client() as api:
         records = BackupRecords(api, NAMESPACE, "replica-a")
-        async with open_engine(config, coordinator=Coordination(records)) as engine:
-            hook = Admission(engine, config, Metrics())
+        async with open_engine(config, coordinator=Coordination(records, metrics)) as engine:
+            hook = Admission(engine, config, metrics)
             review = deployment_of(f"{name}:1.0")
             with caplog.at_level(logging.WARNING, logger="image_backup.cluster"):
                 answer = response_of(await hook.review(body(review), "enforce"), review)
@@ -284,6 +309,7 @@ async def test_without_the_crd_each_replica_copies_on_its_own(
     assert image.endswith(f"@{made.digest}")
     (warning,) = [r for r in caplog.records if "image_backup_records_unavailable" in r.getMessage()]
     assert "404" in warning.getMessage()
+    assert made_by(metrics) == {"uncoordinated": 1.0}
 
 
 async def test_the_record_of_an_index_names_its_platforms_and_every_blob(
@@ -300,9 +326,10 @@ async def test_the_record_of_an_index_names_its_platforms_and_every_blob(
     index = images.make_index(image_cache, [amd64, arm64], "oci")
     images.push(plain_registry.backdoor_url, unique_repo, "multi", index)
     config = plain_to(plain_registry, basic_registry)
+    metrics = Metrics()
     with api_client() as api:
         records = BackupRecords(api, NAMESPACE, "replica-a")
-        async with open_engine(config, coordinator=Coordination(records)) as engine:
+        async with open_engine(config, coordinator=Coordination(records, metrics)) as engine:
             source = parse(f"{plain_registry.host}/{unique_repo}:multi")
             result = await engine.backup(source, deadline=deadline())
         await records.close()
@@ -312,6 +339,7 @@ async def test_the_record_of_an_index_names_its_platforms_and_every_blob(
     assert set(record["spec"]["blobs"]) == set(index.blobs)
     manifests = len(index.manifest_bytes) + len(amd64.manifest_bytes) + len(arm64.manifest_bytes)
     assert record["spec"]["size"] == manifests + sum(b.size for b in index.blobs.values())
+    assert made_by(metrics) == {"this_replica": 1.0}
 
 
 async def test_a_ready_record_whose_backup_is_gone_is_copied_again(
@@ -327,9 +355,10 @@ async def test_a_ready_record_whose_backup_is_gone_is_copied_again(
     images.push(plain_registry.backdoor_url, unique_repo, "1.0", made)
     config = plain_to(plain_registry, basic_registry)
     source = parse(f"{plain_registry.host}/{unique_repo}:1.0")
+    metrics = Metrics()
     with api_client() as api:
         records = BackupRecords(api, NAMESPACE, "replica-a")
-        async with open_engine(config, coordinator=Coordination(records)) as engine:
+        async with open_engine(config, coordinator=Coordination(records, metrics)) as engine:
             target = engine.target_for(source)
             name = record_name(str(target), made.digest)
             fake_kube.store.create(
@@ -355,3 +384,4 @@ async def test_a_ready_record_whose_backup_is_gone_is_copied_again(
     record = fake_kube.store.get(IMAGE_BACKUPS, NAMESPACE, name)
     assert record["status"]["phase"] == "Ready"
     assert record["status"]["holder"] == "replica-a"
+    assert made_by(metrics) == {"this_replica": 1.0}

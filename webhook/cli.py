@@ -117,7 +117,7 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None:
     settings = config.server
     metrics = Metrics()
-    async with connect(config) as cluster:
+    async with connect(config, metrics) as cluster:
         coordinator = cluster.coordinator if cluster is not None else None
         async with open_engine(config, coordinator=coordinator) as engine:
             if cluster is not None:

@@ -24,6 +24,7 @@ from .kube.client import KubeError, api_client, available
 from .kube.events import KubeEvents
 from .kube.pullsecrets import PullCredentials
 from .kube.records import BackupRecords
+from .metrics import Metrics
 from .registry.client import Repository
 from .registry.copy import CopyEngine, Stored
 from .registry.errors import RegistryError
@@ -49,8 +50,9 @@ class Coordination:
     and the log says why once a minute.
     """
 
-    def __init__(self, records: BackupRecords) -> None:
+    def __init__(self, records: BackupRecords, metrics: Metrics) -> None:
         self._records = records
+        self._made_by = metrics.coordinated
         self._warned_at = -float("inf")
 
     async def exclusive(
@@ -74,18 +76,21 @@ class Coordination:
             return stored[0]
 
         try:
-            return await self._records.exclusive(
+            result = await self._records.exclusive(
                 source, backup, backup_repo, digest, tracked, deadline=deadline, present=present
             )
         except KubeError as exc:
             self._warn(exc)
             if not started:
+                self._made_by.labels("uncoordinated").inc()
                 return await copy()
-            if stored:  # copied; only its record could not be finished
-                return stored[0]
-            raise RegistryError(
-                f"{backup}: copy failed and could not be recorded ({exc})"
-            ) from None
+            if not stored:
+                raise RegistryError(
+                    f"{backup}: copy failed and could not be recorded ({exc})"
+                ) from None
+            result = stored[0]  # copied; only its record could not be finished
+        self._made_by.labels("this_replica" if started else "other_replica").inc()
+        return result
 
     def _warn(self, exc: KubeError) -> None:
         now = time.monotonic()
@@ -101,7 +106,7 @@ class Coordination:
 
 
 @asynccontextmanager
-async def connect(config: Config) -> AsyncIterator[Cluster | None]:
+async def connect(config: Config, metrics: Metrics) -> AsyncIterator[Cluster | None]:
     if not available():
         log.info(
             event_message(
@@ -127,7 +132,7 @@ async def connect(config: Config) -> AsyncIterator[Cluster | None]:
         )
         touching = asyncio.create_task(records.run_touches(), name="imagebackup-last-used")
         try:
-            yield Cluster(pull, events, records, Coordination(records))
+            yield Cluster(pull, events, records, Coordination(records, metrics))
         finally:
             touching.cancel()
             with contextlib.suppress(asyncio.CancelledError):

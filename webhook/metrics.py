@@ -109,5 +109,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.coordinated = Counter(
+            "image_backup_coordinated_copies_total",
+            "Copies needed by this replica, by who made them (ImageBackup records).",
+            ["by"],  # this_replica, other_replica, uncoordinated (records unavailable)
+            registry=self.registry,
+        )
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
