@@ -21,6 +21,7 @@ from pydantic.alias_generators import to_camel
 from .naming import Scheme
 from .reference import InvalidReference, Reference
 from .registry.transport import Endpoint
+from .text import one_line
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_NAMESPACE = "image-backup"
@@ -196,7 +197,7 @@ def load(path: str | Path) -> Config:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {_one_line(str(exc))}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {one_line(str(exc))}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level")
     return parse(document, str(path))
@@ -221,7 +222,3 @@ def _message(error: object) -> str:
     assert isinstance(error, dict)
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

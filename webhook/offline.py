@@ -19,6 +19,7 @@ import yaml
 from .admission.handler import Admission, Mode
 from .admission.pods import handles
 from .admission.review import API_VERSION, KIND
+from .text import one_line
 
 
 class ManifestError(ValueError):
@@ -36,7 +37,7 @@ def load_documents(name: str, text: str) -> list[Any]:
     try:
         return [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{name}: not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ManifestError(f"{name}: not valid YAML: {one_line(exc)}") from None
 
 
 async def review_documents(

@@ -18,6 +18,7 @@ from aiohttp import web
 from .admission.errors import BadReview
 from .events import event_message
 from .metrics import Metrics
+from .text import one_line
 from .tls import CertificateError, ReloadingCertificate
 
 __all__ = [
@@ -106,7 +107,7 @@ class _Readiness:
             self._reason = "the backup registry does not answer (timed out)"
         except Exception as exc:
             self._reason = f"asking the backup registry failed: {type(exc).__name__}"
-            log.warning(event_message("readiness_check_failed", error=_one_line(exc)))
+            log.warning(event_message("readiness_check_failed", error=one_line(exc) or "-"))
         finally:
             self._asking = None
 
@@ -296,7 +297,7 @@ class _JsonLines(logging.Formatter):
         if isinstance(fields, dict):
             line.update(fields)
         else:
-            line["message"] = _one_line(message)
+            line["message"] = one_line(message) or "-"
         return orjson.dumps(line).decode()
 
 
@@ -318,8 +319,4 @@ def configure_logging(stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) 
 
 
 def _text(status: int, reason: str) -> web.Response:
-    return web.Response(status=status, text=_one_line(reason) + "\n")
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split()) or "-"
+    return web.Response(status=status, text=(one_line(reason) or "-") + "\n")

@@ -20,6 +20,7 @@ from ..registry.client import Repository
 from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
 from ..registry.errors import RegistryError
+from ..text import one_line
 from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
 from .plan import Action, ImagePlan, Planner
@@ -572,7 +573,7 @@ def _reason(error: object) -> str:
     if isinstance(error, TimeoutError):
         return str(error) or STILL_COPYING
     if isinstance(error, RegistryError | ValueError):
-        return " ".join(str(error).split())
+        return one_line(error)
     return f"unexpected error ({type(error).__name__})"
 
 

@@ -9,11 +9,13 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import msgspec
 import orjson
 
+from ..text import one_line
 from .errors import BadReview
 from .objects import KubeObject
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
+MAX_REASON = 200  # characters of a decoder's complaint quoted back
 OPERATIONS_WITH_OBJECT = frozenset({"CREATE", "UPDATE"})
 
 ObjectT = TypeVar("ObjectT")
@@ -89,9 +91,9 @@ def parse_review(body: bytes) -> AdmissionRequest:
     try:
         review: _Review[Any] = _DECODE.decode(body)
     except msgspec.ValidationError as exc:
-        review, unreadable = _envelope(body), _one_line(str(exc))
+        review, unreadable = _envelope(body), one_line(exc)[:MAX_REASON]
     except msgspec.DecodeError as exc:
-        raise BadReview(400, f"body is not valid JSON: {_one_line(str(exc))}") from None
+        raise BadReview(400, f"body is not valid JSON: {one_line(exc)[:MAX_REASON]}") from None
     if review.apiVersion != API_VERSION or review.kind != KIND:
         raise BadReview(400, f"expected apiVersion {API_VERSION} and kind {KIND}")
     request = review.request
@@ -126,7 +128,7 @@ def _envelope(body: bytes) -> _Review[Any]:
     try:
         review: _Review[Any] = _DECODE_ENVELOPE.decode(body)
     except msgspec.ValidationError as exc:
-        raise BadReview(400, f"not an AdmissionReview: {_one_line(str(exc))}") from None
+        raise BadReview(400, f"not an AdmissionReview: {one_line(exc)[:MAX_REASON]}") from None
     return review
 
 
@@ -142,7 +144,3 @@ def encode_response(uid: str, answer: AdmissionResponse) -> bytes:
     if answer.audit_annotations:
         response["auditAnnotations"] = answer.audit_annotations
     return orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "response": response})
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:200]

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import urllib3
 from kubernetes import client, config
 
+from ..text import one_line
+
 TIMEOUT_SECONDS = 30.0  # per request: a hung connection must not hang start-up
 
 
@@ -49,7 +51,7 @@ def api_client() -> client.ApiClient:
                 client_configuration=configuration,
             )
     except config.ConfigException as exc:
-        raise KubeError(f"no Kubernetes configuration: {_one_line(str(exc))}") from None
+        raise KubeError(f"no Kubernetes configuration: {one_line(str(exc))}") from None
     return client.ApiClient(configuration)
 
 
@@ -64,7 +66,7 @@ def translated(api: client.ApiClient, doing: str) -> Iterator[None]:
         status = _status(exc.body)
         message = status.get("message") or exc.reason or "failed"
         raise KubeError(
-            f"{doing}: {exc.status} {_one_line(str(message))}",
+            f"{doing}: {exc.status} {one_line(str(message))}",
             exc.status,
             str(status.get("reason") or ""),
         ) from None
@@ -75,7 +77,7 @@ def translated(api: client.ApiClient, doing: str) -> Iterator[None]:
 
 def _unreachable(api: client.ApiClient, doing: str, reason: str) -> KubeError:
     # urllib3 names its connection objects ("<...HTTPSConnection object at 0x...>: ..."): noise.
-    reason = _one_line(re.sub(r"<[^>]*>:?\s*", "", reason))
+    reason = one_line(re.sub(r"<[^>]*>:?\s*", "", reason))
     return KubeError(
         f"{doing}: cannot reach the Kubernetes API at {api.configuration.host}: {reason}"
     )
@@ -87,7 +89,3 @@ def _status(body: object) -> dict[str, object]:
     except ValueError:
         return {}
     return status if isinstance(status, dict) else {}
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from kubernetes import client
 
 from ..events import event_message
+from ..text import one_line
 from .client import TIMEOUT_SECONDS, KubeError, translated
 
 log = logging.getLogger("image_backup.kube_events")
@@ -129,7 +130,7 @@ class KubeEvents:
                 error = str(exc) if isinstance(exc, KubeError) else f"{type(exc).__name__}: {exc}"
                 log.warning(
                     event_message(
-                        "kube_event_not_recorded", reason=item.reason, error=" ".join(error.split())
+                        "kube_event_not_recorded", reason=item.reason, error=one_line(error)
                     )
                 )
 

@@ -32,6 +32,7 @@ from kubernetes import client, watch
 
 from ..events import event_message
 from ..registry.copy import STILL_COPYING, Stored
+from ..text import one_line
 from .client import TIMEOUT_SECONDS, KubeError, translated
 
 log = logging.getLogger("image_backup.records")
@@ -354,7 +355,7 @@ class BackupRecords:
     async def _record_failure(self, name: str, exc: Exception) -> None:
         """Mark the record Failed, so others take over at once; the copy's own exception is
         what the caller gets, so failing to record it is only logged."""
-        message = " ".join(str(exc).split())[:MESSAGE_LIMIT] or type(exc).__name__
+        message = one_line(exc)[:MESSAGE_LIMIT] or type(exc).__name__
         try:
             await self._patch_as_holder(name, {"phase": FAILED, "message": message})
         except KubeError as error:
