@@ -27,7 +27,6 @@ from .kube.records import BackupRecords
 from .metrics import Metrics
 from .registry.client import Repository
 from .registry.copy import CopyEngine, Stored
-from .registry.errors import RegistryError
 
 log = logging.getLogger("image_backup.cluster")
 
@@ -67,11 +66,8 @@ class Coordination:
         present: Callable[[], Awaitable[bool]],
     ) -> Stored | None:
         stored: list[Stored] = []
-        started = False
 
         async def tracked() -> Stored:
-            nonlocal started
-            started = True
             stored.append(await copy())
             return stored[0]
 
@@ -80,16 +76,14 @@ class Coordination:
                 source, backup, backup_repo, digest, tracked, deadline=deadline, present=present
             )
         except KubeError as exc:
+            # A failed copy raises its own error, never this one: the records failed either
+            # before the copy began, or after it finished (only its record is missing).
             self._warn(exc)
-            if not started:
+            if not stored:
                 self._made_by.labels("uncoordinated").inc()
                 return await copy()
-            if not stored:
-                raise RegistryError(
-                    f"{backup}: copy failed and could not be recorded ({exc})"
-                ) from None
-            result = stored[0]  # copied; only its record could not be finished
-        self._made_by.labels("this_replica" if started else "other_replica").inc()
+            result = stored[0]
+        self._made_by.labels("this_replica" if stored else "other_replica").inc()
         return result
 
     def _warn(self, exc: KubeError) -> None:
