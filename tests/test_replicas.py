@@ -8,6 +8,7 @@ import datetime
 import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,20 @@ def deployment_of(image: str) -> dict[str, Any]:
     return with_object(review, deployment)
 
 
+def replica(
+    work: Path, tls_ca: TLSFiles, backup: Registry, docker_hub: str, pod: str, **settings: Any
+) -> AbstractContextManager[Webhook]:
+    """One replica (`pod`) of the webhook in NAMESPACE: Docker Hub served from `docker_hub`,
+    backups under "mirror" in `backup`; `settings` are more top-level configuration keys."""
+    config = {
+        "backupRegistry": {"host": backup.host, "prefix": "mirror", "caFile": backup.ca_file},
+        "registries": [{"host": "docker.io", "endpoint": docker_hub, "insecure": True}],
+        "credentials": {"dockerConfig": backup.docker_config},
+        **settings,
+    }
+    return running_webhook(work, config, tls_ca, env={"POD_NAMESPACE": NAMESPACE, "POD_NAME": pod})
+
+
 def post_together(calls: list[tuple[Webhook, dict[str, Any]]]) -> list[dict[str, Any]]:
     def post(call: tuple[Webhook, dict[str, Any]]) -> dict[str, Any]:
         hook, review = call
@@ -106,18 +121,10 @@ def test_two_replicas_admitting_the_same_new_image_copy_it_once(
     source = fault_proxy(plain_registry)
     # Slow blob reads: the copy lasts long enough that both replicas ask while it runs.
     source.add(delay(1.0, method="GET", path="/blobs/"))
-    config = {
-        "backupRegistry": {"host": backup.host, "prefix": "mirror", "caFile": backup.ca_file},
-        "registries": [{"host": "docker.io", "endpoint": source.url, "insecure": True}],
-        "credentials": {"dockerConfig": backup.docker_config},
-    }
-
-    def replica(pod: str) -> Any:
-        return running_webhook(
-            tmp_path, config, tls_ca, env={"POD_NAMESPACE": NAMESPACE, "POD_NAME": pod}
-        )
-
-    with replica("replica-a") as a, replica("replica-b") as b:
+    with (
+        replica(tmp_path, tls_ca, backup, source.url, "replica-a") as a,
+        replica(tmp_path, tls_ca, backup, source.url, "replica-b") as b,
+    ):
         first, second = deployment_of(f"{name}:1.0"), deployment_of(f"{name}:1.0")
         answers = post_together([(a, first), (b, second)])
         counted = [scraped_made_by(a), scraped_made_by(b)]
@@ -175,17 +182,11 @@ def test_a_restarted_replica_mounts_blobs_it_learned_from_ready_records(
     assert second.layers[0].digest == shared
     images.push(plain_registry.backdoor_url, f"library/{base}-one", "1", first)
     images.push(plain_registry.backdoor_url, f"library/{base}-two", "1", second)
-    config = {
-        "backupRegistry": {"host": backup.host, "prefix": "mirror", "caFile": backup.ca_file},
-        "registries": [{"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}],
-        "credentials": {"dockerConfig": backup.docker_config},
-    }
-    env = {"POD_NAMESPACE": NAMESPACE, "POD_NAME": "replica-a"}
-    with running_webhook(tmp_path, config, tls_ca, env=env) as hook:
+    with replica(tmp_path, tls_ca, backup, plain_registry.url, "replica-a") as hook:
         (answer,) = post_together([(hook, deployment_of(f"{base}-one:1"))])
         assert answer["allowed"] is True
     # A new process: nothing in memory but what the records say.
-    with running_webhook(tmp_path, config, tls_ca, env=env) as hook:
+    with replica(tmp_path, tls_ca, backup, plain_registry.url, "replica-a") as hook:
         (answer,) = post_together([(hook, deployment_of(f"{base}-two:1"))])
         assert answer["allowed"] is True
         log = hook.log_file.read_text()
@@ -242,15 +243,15 @@ def test_a_record_left_copying_by_a_dead_replica(
         "application/merge-patch+json",
         status_only=True,
     )
-    config = {
-        "backupRegistry": {"host": backup.host, "prefix": "mirror", "caFile": backup.ca_file},
-        "registries": [{"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}],
-        "credentials": {"dockerConfig": backup.docker_config},
-        "admissionBudgetSeconds": 2,
-        "records": {"staleAfterSeconds": 30, "heartbeatSeconds": 5},
-    }
-    env = {"POD_NAMESPACE": NAMESPACE, "POD_NAME": "replica-b"}
-    with running_webhook(tmp_path, config, tls_ca, env=env) as hook:
+    with replica(
+        tmp_path,
+        tls_ca,
+        backup,
+        plain_registry.url,
+        "replica-b",
+        admissionBudgetSeconds=2,
+        records={"staleAfterSeconds": 30, "heartbeatSeconds": 5},
+    ) as hook:
         (answer,) = post_together([(hook, deployment_of(f"{name}:1.0"))])
     (record,) = listed(fake_kube, IMAGE_BACKUPS, NAMESPACE)
     if stale:
