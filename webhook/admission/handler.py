@@ -415,9 +415,7 @@ class Admission:
             result = ValueError(plan.problem)
         if isinstance(result, CopyResult):
             backup = str(result.backup)
-            outcome.used.append(
-                (f"{result.backup.registry}/{result.backup.repository}", result.digest)
-            )
+            outcome.used.append((str(result.backup_repository), result.digest))
             if plan.action is Action.BACK_UP and not dry_run:
                 outcome.backed_up.append(f"{image} as {backup}")
             outcome.rewrites[plan.field.pointer] = (container, image, backup)

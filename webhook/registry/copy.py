@@ -105,6 +105,10 @@ class CopyResult:
         assert self.backup.digest is not None
         return self.backup.digest
 
+    @property
+    def backup_repository(self) -> Repository:
+        return _repo(self.backup)
+
 
 @dataclass(frozen=True, slots=True)
 class _Tree:
