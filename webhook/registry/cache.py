@@ -12,19 +12,51 @@ V = TypeVar("V")
 
 
 class ExpiringCache(Generic[K, V]):
-    """Least-recently-used eviction; each entry has its own lifetime or none."""
+    """Least-recently-used eviction; each entry has its own lifetime or none.
 
-    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[K, tuple[V, float | None]] = OrderedDict()
+    Bounded by entries and, with `weigh`, by bytes too: the keys and values of a cache that
+    hostile input can fill (image names, messages) may be of any size, so a count alone
+    does not bound memory. An entry heavier than `max_bytes` by itself is not kept.
+    """
+
+    def __init__(
+        self,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int | None = None,
+        weigh: Callable[[K, V], int] | None = None,
+    ) -> None:
+        if (max_bytes is None) != (weigh is None):
+            raise ValueError("max_bytes and weigh go together")
+        self._entries: OrderedDict[K, tuple[V, float | None, int]] = OrderedDict()
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._weigh = weigh
+        self._bytes = 0
         self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def weight(self) -> int:
+        """Bytes held, as `weigh` estimates them (0 for a cache bounded by count only)."""
+        return self._bytes
 
     def put(self, key: K, value: V, ttl: float | None) -> None:
         expires = None if ttl is None else self._clock() + ttl
-        self._entries[key] = (value, expires)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        weight = self._weigh(key, value) if self._weigh is not None else 0
+        self._drop(key)
+        if self._max_bytes is not None and weight > self._max_bytes:
+            return
+        self._entries[key] = (value, expires, weight)
+        self._bytes += weight
+        while len(self._entries) > self._max_entries or (
+            self._max_bytes is not None and self._bytes > self._max_bytes
+        ):
+            _, (_, _, evicted) = self._entries.popitem(last=False)
+            self._bytes -= evicted
 
     def get(self, key: K) -> tuple[V, float | None] | None:
         """A fresh value and when it goes stale (None: never); a stale one is dropped."""
@@ -33,7 +65,12 @@ class ExpiringCache(Generic[K, V]):
             return None
         expires = entry[1]
         if expires is not None and self._clock() >= expires:
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return entry
+        return entry[0], expires
+
+    def _drop(self, key: K) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[2]
