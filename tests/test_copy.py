@@ -13,8 +13,7 @@ from tests.support import images, skopeo
 from tests.support.faultproxy import FaultProxyFactory, ProxyLogEntry, drop_header
 from tests.support.registries import Registry
 from webhook.reference import Reference, parse
-from webhook.registry.client import Repository
-from webhook.registry.copy import anchor_tag
+from webhook.registry.client import Repository, anchor_tag
 
 
 def source_ref(registry: Registry, repo: str, tag: str) -> Reference:

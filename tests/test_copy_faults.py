@@ -29,7 +29,7 @@ def pushed(plain_registry: Registry, image_cache: str, unique_repo: str) -> imag
     return image
 
 
-async def test_missing_source_image_is_reported_by_name(
+async def test_missing_source_image_is_reported_by_side_and_tag(
     plain_registry: Registry, basic_registry: Registry, unique_repo: str
 ) -> None:
     config = plain_to(plain_registry, basic_registry)
@@ -38,8 +38,11 @@ async def test_missing_source_image_is_reported_by_name(
             await engine.backup(
                 parse(f"{plain_registry.host}/{unique_repo}:nope"), deadline=deadline()
             )
-    assert f"{unique_repo}:nope" in str(caught.value)
-    assert "not found" in str(caught.value)
+    # The caller names the image; the error says where and what was looked for.
+    assert (
+        str(caught.value)
+        == f"reading tag nope from the source registry {plain_registry.host}: not found"
+    )
 
 
 async def test_wrong_credentials_are_reported_without_the_secret(
@@ -79,7 +82,9 @@ async def test_unreachable_target_fails_within_the_deadline(
                 parse(f"{plain_registry.host}/{unique_repo}:v1"), deadline=deadline(3)
             )
     assert time.monotonic() - started < 4
-    assert f"{target.host} unreachable" in str(caught.value)
+    assert f"on the backup registry {target.host}: cannot connect: connection refused" in str(
+        caught.value
+    )
 
 
 async def test_connection_reset_mid_blob_is_retried(
@@ -227,7 +232,11 @@ async def test_tls_is_verified_unless_the_registry_is_marked_insecure(
         update={"backup_registry": untrusted.backup_registry.model_copy(update={"ca_file": None})}
     )
     async with engine_for(no_ca) as engine:
-        with pytest.raises(RegistryError, match=r"certificate .* not trusted"):
+        with pytest.raises(
+            RegistryError,
+            match=r"on the backup registry [^ ]+: cannot connect: TLS certificate not trusted "
+            r"\(.+\); set caFile for this registry, or insecure: true",
+        ):
             await engine.backup(source, deadline=deadline())
 
     insecure = make_config(
@@ -250,7 +259,9 @@ async def test_plain_http_source_needs_insecure(
 ) -> None:
     config = make_config(basic_registry, sources=[], docker_config=basic_registry.docker_config)
     async with engine_for(config) as engine:
-        with pytest.raises(RegistryError):
+        with pytest.raises(
+            RegistryError, match="speaks plain HTTP; set insecure: true for this registry"
+        ):
             await engine.backup(
                 parse(f"{plain_registry.host}/{unique_repo}:v1"), deadline=deadline(5)
             )
@@ -282,7 +293,7 @@ async def test_an_insecure_registry_down_at_first_contact_is_asked_again(
     )
     source = parse(f"{plain_registry.host}/{unique_repo}:v1")
     async with engine_for(config) as engine:
-        with pytest.raises(TransientError, match="unreachable"):
+        with pytest.raises(TransientError, match="cannot connect: connection refused"):
             await engine.backup(source, deadline=deadline(2))
         target.restart()
         result = await engine.backup(source, deadline=deadline())

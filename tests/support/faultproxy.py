@@ -6,8 +6,9 @@ sends ``X-Forwarded-Proto: http``) so the registry's ``Location`` headers point 
 proxy, and records every request in :attr:`FaultProxy.log`.
 
 Faults are :class:`Rule` objects made with :func:`status`, :func:`corrupt`,
-:func:`reset_after`, :func:`serve` or :func:`delay`; each matches a method (or any) and a path
-regex (``re.search`` on the path, no query) and fires ``times`` times (``None``: forever).
+:func:`reset_after`, :func:`cut_request`, :func:`serve` or :func:`delay`; each matches a
+method (or any) and a path regex (``re.search`` on the path, no query) and fires ``times``
+times (``None``: forever).
 The first live matching rule, in the order added, applies.
 """
 
@@ -45,6 +46,7 @@ __all__ = [
     "ProxyLogEntry",
     "Rule",
     "corrupt",
+    "cut_request",
     "delay",
     "drop_header",
     "reset_after",
@@ -52,7 +54,9 @@ __all__ = [
     "status",
 ]
 
-FaultKind = Literal["status", "corrupt", "reset_after", "serve", "delay", "drop_header"]
+FaultKind = Literal[
+    "status", "corrupt", "reset_after", "cut_request", "serve", "delay", "drop_header"
+]
 
 _HOP_BY_HOP = frozenset(
     h.lower()
@@ -89,7 +93,7 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)  # status / serve
     body: bytes = b""  # status / serve
     content_type: str | None = None  # serve
-    nbytes: int = 0  # reset_after
+    nbytes: int = 0  # reset_after, cut_request
     seconds: float = 0.0  # delay
     header: str = ""  # drop_header
     hits: int = 0  # how many times it fired
@@ -125,6 +129,14 @@ def reset_after(
 ) -> Rule:
     """Forward the upstream headers and ``nbytes`` of the body, then abort the connection."""
     return Rule("reset_after", method, path, times, nbytes=nbytes)
+
+
+def cut_request(
+    nbytes: int, *, method: str | None = None, path: str = ".*", times: int | None = None
+) -> Rule:
+    """Read ``nbytes`` of the request body, then abort the connection: a registry that
+    goes away while a client is still sending (an upload cut mid-blob)."""
+    return Rule("cut_request", method, path, times, nbytes=nbytes)
 
 
 def serve(
@@ -346,6 +358,13 @@ class FaultProxy:
             return resp
         if rule is not None and rule.kind == "delay":
             await asyncio.sleep(rule.seconds)
+        if rule is not None and rule.kind == "cut_request":
+            with contextlib.suppress(Exception):
+                await request.content.readexactly(rule.nbytes)
+            self._record(request, 0, kind)
+            assert request.transport is not None
+            request.transport.abort()
+            raise _Aborted
 
         # a multidict: clients send repeated headers (e.g. one Accept per media type)
         headers: CIMultiDict[str] = CIMultiDict(

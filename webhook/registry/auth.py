@@ -75,11 +75,9 @@ class RegistryAuth:
 
     def __init__(
         self,
-        host: str,
         token_file: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._host = host
         self._token_file = token_file
         self._clock = clock
         self._basic = False  # the registry challenged Basic: send it up front from now on
@@ -109,7 +107,7 @@ class RegistryAuth:
         # Bearer: fetch a token for exactly our scopes (a cached one has been refused
         # if we get here with it, so this is also the one refresh on 401).
         self._tokens.pop((scope_key, credential), None)
-        token_response = yield _token_request(challenge, credential, scope_key, self._host)
+        token_response = yield _token_request(challenge, credential, scope_key)
         token = self._store_token(token_response, scope_key, credential)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
@@ -123,7 +121,7 @@ class RegistryAuth:
                 return f"Bearer {Path(self._token_file).read_text().strip()}"
             except OSError as exc:
                 raise Unauthorized(
-                    f"{self._host}: cannot read tokenFile {self._token_file}: {exc.strerror}"
+                    f"cannot read tokenFile {self._token_file}: {exc.strerror}"
                 ) from None
         if credential is not None and credential.registry_token:
             return f"Bearer {credential.registry_token}"
@@ -139,11 +137,11 @@ class RegistryAuth:
     ) -> str:
         scopes = " ".join(scope_key)
         if response.status in (401, 403):
-            raise Unauthorized(f"{self._host}: token service refused the credentials for {scopes}")
-        if response.status != 200:
             raise Unauthorized(
-                f"{self._host}: token service answered HTTP {response.status} for {scopes}"
+                f"the token service refused the credentials (HTTP {response.status}) for {scopes}"
             )
+        if response.status != 200:
+            raise Unauthorized(f"the token service answered HTTP {response.status} for {scopes}")
         try:
             document = orjson.loads(response.body)
             value = document.get("token") or document.get("access_token")
@@ -151,7 +149,7 @@ class RegistryAuth:
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             value = None
         if not isinstance(value, str) or not value:
-            raise Unauthorized(f"{self._host}: token service gave no token for {scopes}")
+            raise Unauthorized(f"the token service gave no token for {scopes}")
         # Renew a little early so a token does not expire between check and use.
         margin = min(10.0, lifetime / 10)
         self._tokens[scope_key, credential] = _Token(value, self._clock() + lifetime - margin)
@@ -174,11 +172,11 @@ def _basic_header(credential: Credential | None) -> str | None:
 
 
 def _token_request(
-    challenge: Challenge, credential: Credential | None, scope_key: tuple[str, ...], host: str
+    challenge: Challenge, credential: Credential | None, scope_key: tuple[str, ...]
 ) -> Request:
     realm = challenge.params.get("realm")
     if not realm:
-        raise Unauthorized(f"{host}: Bearer challenge without a realm")
+        raise Unauthorized("the registry asked for a Bearer token but named no token service")
     service = challenge.params.get("service")
     if credential is not None and credential.identity_token:
         # OAuth2 refresh-token grant, as `docker login` with an identity token does.

@@ -1,7 +1,12 @@
-"""The registry operations the copy engine needs, over the OCI distribution API."""
+"""The registry operations the copy engine needs, over the OCI distribution API.
+
+Each operation's errors say what it was doing in words, and on which side: a repository
+asked with the push scope is a backup being written, any other one a source being read.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -10,12 +15,13 @@ import aiohttp
 from yarl import URL
 
 from .credentials import Credential, DockerConfig
-from .errors import NotFound, RegistryError, TransientError
+from .errors import NotFound, Operation, RegistryError, Side, TransientError
 from .media import ACCEPT, Descriptor, Manifest, parse_manifest, verify_digest
-from .transport import Transport
+from .transport import Transport, describe
 
 PULL = "pull"
 PUSH = "pull,push"
+ANCHOR_TAG = re.compile(r"sha256-([0-9a-f]{64})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +36,36 @@ class Repository:
         return f"repository:{self.path}:{actions}"
 
 
+def anchor_tag(digest: str) -> str:
+    """A tag per digest, so registry clean-ups of untagged manifests spare pinned backups."""
+    algorithm, _, hex_digest = digest.partition(":")
+    return f"{algorithm}-{hex_digest}"
+
+
+def reading_blob(repo: Repository, digest: str) -> Operation:
+    """Reading a blob from a source: where a failure of its bytes is reported."""
+    return Operation(f"reading blob {digest}", repo.host, Side.SOURCE)
+
+
 def _is_digest(reference: str) -> bool:
     return ":" in reference
 
 
-def _at(repo: Repository, reference: str) -> str:
-    return f"{repo}{'@' if _is_digest(reference) else ':'}{reference}"
+def _on(repo: Repository, doing: str, *, backup: bool) -> Operation:
+    if backup:
+        return Operation(doing, repo.host, Side.BACKUP, repo.path)
+    return Operation(doing, repo.host, Side.SOURCE)
+
+
+def _manifest(repo: Repository, doing: str, reference: str, *, backup: bool) -> Operation:
+    """An operation on a manifest, named as a person would: an anchor tag (which nobody
+    asked for by that name) as the backup tag of its digest."""
+    anchored = ANCHOR_TAG.fullmatch(reference)
+    if anchored:
+        what = f"the backup tag for sha256:{anchored[1]}"
+    else:
+        what = f"{'manifest' if _is_digest(reference) else 'tag'} {reference}"
+    return _on(repo, f"{doing} {what}", backup=backup)
 
 
 class RegistryClient:
@@ -58,7 +88,7 @@ class RegistryClient:
                 repository="",
                 scopes=[],
                 deadline=deadline,
-                what=f"{host}: ping",
+                operation=Operation("checking that it answers", host),
                 ok=range(200, 500),
                 retry=False,
             )
@@ -78,7 +108,8 @@ class RegistryClient:
     ) -> Descriptor | None:
         """The manifest's descriptor, None if absent; digest "" if the registry did not say.
 
-        `push` asks with the scope the copy needs on a target anyway, so one token serves all.
+        `push`: `repo` is a backup, asked with the scope the copy needs there anyway (so
+        one token serves all) and named as the backup registry in errors.
         """
         response = await self._transport.request(
             repo.host,
@@ -87,7 +118,7 @@ class RegistryClient:
             repository=repo.path,
             scopes=[repo.scope(PUSH if push else PULL)],
             deadline=deadline,
-            what=_at(repo, reference),
+            operation=_manifest(repo, "reading", reference, backup=push),
             headers={"Accept": ACCEPT},
             ok=(200, 404),
             keyring=keyring,
@@ -110,7 +141,7 @@ class RegistryClient:
         push: bool = False,
         keyring: DockerConfig | None = None,
     ) -> Manifest:
-        where = _at(repo, reference)
+        operation = _manifest(repo, "reading", reference, backup=push)
         response = await self._transport.request(
             repo.host,
             "GET",
@@ -118,15 +149,20 @@ class RegistryClient:
             repository=repo.path,
             scopes=[repo.scope(PUSH if push else PULL)],
             deadline=deadline,
-            what=where,
+            operation=operation,
             headers={"Accept": ACCEPT},
             keyring=keyring,
         )
-        async with response:
-            raw = await response.read()
-        manifest = parse_manifest(raw, response.headers.get("Content-Type"), where)
-        if _is_digest(reference):
-            verify_digest(manifest, reference, where)
+        try:
+            async with response:
+                raw = await response.read()
+            manifest = parse_manifest(raw, response.headers.get("Content-Type"))
+            if _is_digest(reference):
+                verify_digest(manifest, reference)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(describe(exc), operation) from None
+        except RegistryError as exc:
+            raise exc.during(operation) from None
         return manifest
 
     async def resolve(
@@ -137,7 +173,7 @@ class RegistryClient:
         credentials may read it."""
         found = await self.head_manifest(repo, reference, deadline=deadline, keyring=keyring)
         if found is None:
-            raise NotFound(f"{_at(repo, reference)}: not found")
+            raise NotFound("not found", _manifest(repo, "reading", reference, backup=False))
         if _is_digest(reference):
             return reference
         if found.digest:
@@ -148,7 +184,7 @@ class RegistryClient:
     async def put_manifest(
         self, repo: Repository, reference: str, manifest: Manifest, *, deadline: float
     ) -> None:
-        where = _at(repo, reference)
+        operation = _manifest(repo, "writing", reference, backup=True)
         response = await self._transport.request(
             repo.host,
             "PUT",
@@ -156,7 +192,7 @@ class RegistryClient:
             repository=repo.path,
             scopes=[repo.scope(PUSH)],
             deadline=deadline,
-            what=where,
+            operation=operation,
             headers={"Content-Type": manifest.media_type},
             data=manifest.raw,
             ok=(200, 201),
@@ -164,19 +200,21 @@ class RegistryClient:
         response.release()
         stored = response.headers.get("Docker-Content-Digest")
         if stored and stored != manifest.digest:
-            raise RegistryError(f"{where}: registry stored {stored}, expected {manifest.digest}")
+            raise RegistryError(
+                f"the registry stored it as {stored}, not {manifest.digest}", operation
+            )
 
     async def blob_exists(self, repo: Repository, digest: str, *, deadline: float) -> bool:
         path = f"/v2/{repo.path}/blobs/{digest}"
-        return await self._found(repo, "HEAD", path, f"{repo}@{digest}", deadline)
+        return await self._found(repo, "HEAD", path, f"checking for blob {digest}", deadline)
 
     async def has_tags(self, repo: Repository, *, deadline: float) -> bool:
         """Whether the repository exists with tags; a new one needs no per-blob existence checks."""
         path = f"/v2/{repo.path}/tags/list?n=1"
-        return await self._found(repo, "GET", path, f"{repo}: tags", deadline)
+        return await self._found(repo, "GET", path, "listing the tags", deadline)
 
     async def _found(
-        self, repo: Repository, method: str, path: str, what: str, deadline: float
+        self, repo: Repository, method: str, path: str, doing: str, deadline: float
     ) -> bool:
         """200 or 404 from a target repository (asked with the push scope the copy holds)."""
         response = await self._transport.request(
@@ -186,16 +224,17 @@ class RegistryClient:
             repository=repo.path,
             scopes=[repo.scope(PUSH)],
             deadline=deadline,
-            what=what,
+            operation=_on(repo, doing, backup=True),
             ok=(200, 404),
         )
         response.release()
         return response.status == 200
 
     async def start_upload(
-        self, repo: Repository, *, deadline: float, mount: tuple[str, str] | None = None
+        self, repo: Repository, digest: str, *, deadline: float, mount_from: str | None = None
     ) -> URL | None:
-        """Open an upload session; with `mount=(digest, from_path)` try a cross-repo mount first.
+        """Open an upload session for blob `digest`; with `mount_from` (a repository path
+        on the same registry) try a cross-repo mount first.
 
         Returns None when the blob was mounted, else the upload URL. A registry
         that cannot mount answers with a fresh upload session instead, which we
@@ -203,10 +242,10 @@ class RegistryClient:
         """
         scopes = [repo.scope(PUSH)]
         query = ""
-        if mount is not None:
-            digest, from_path = mount
-            scopes.append(f"repository:{from_path}:{PULL}")
-            query = f"?mount={digest}&from={from_path}"
+        operation = _on(repo, f"starting the upload of blob {digest}", backup=True)
+        if mount_from is not None:
+            scopes.append(f"repository:{mount_from}:{PULL}")
+            query = f"?mount={digest}&from={mount_from}"
         try:
             response = await self._transport.request(
                 repo.host,
@@ -215,19 +254,19 @@ class RegistryClient:
                 repository=repo.path,
                 scopes=scopes,
                 deadline=deadline,
-                what=f"{repo}: start upload",
+                operation=operation,
                 ok=(201, 202),
             )
         except RegistryError:
-            if mount is None:
+            if mount_from is None:
                 raise
-            return await self.start_upload(repo, deadline=deadline)
+            return await self.start_upload(repo, digest, deadline=deadline)
         response.release()
         if response.status == 201:
             return None
         location = response.headers.get("Location")
         if not location:
-            raise RegistryError(f"{repo}: registry opened an upload without a Location")
+            raise RegistryError("the registry opened an upload without a Location", operation)
         return response.url.join(URL(location, encoded=True))
 
     async def finish_upload(
@@ -247,7 +286,7 @@ class RegistryClient:
             repository=repo.path,
             scopes=[repo.scope(PUSH)],
             deadline=deadline,
-            what=f"{repo}@{blob.digest}: upload",
+            operation=_on(repo, f"writing blob {blob.digest}", backup=True),
             headers={
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(blob.size),
@@ -266,7 +305,7 @@ class RegistryClient:
             repository=repo.path,
             scopes=[repo.scope(PUSH)],
             deadline=deadline,
-            what=f"{repo}: cancel upload",
+            operation=_on(repo, "cancelling an upload", backup=True),
             ok=range(200, 500),
             retry=False,
         )
@@ -276,7 +315,12 @@ class RegistryClient:
     async def open_blob(
         self, repo: Repository, digest: str, *, deadline: float, keyring: DockerConfig | None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The blob's bytes as they arrive (redirects to object storage followed)."""
+        """The blob's bytes as they arrive (redirects to object storage followed).
+
+        A failure while they stream is the source's, and says so: when the bytes feed an
+        upload, it is this error, not the upload's, that reaches the caller.
+        """
+        operation = reading_blob(repo, digest)
         response = await self._transport.request(
             repo.host,
             "GET",
@@ -284,19 +328,18 @@ class RegistryClient:
             repository=repo.path,
             scopes=[repo.scope(PULL)],
             deadline=deadline,
-            what=f"{repo}@{digest}",
+            operation=operation,
             retry=False,
             keyring=keyring,
         )
-        what = f"{repo}@{digest}"
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 # Chunks as received, not re-joined: no copies on the way through.
                 async for chunk, _ in response.content.iter_chunks():
                     yield chunk
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise TransientError(f"{what}: connection lost while reading ({exc})") from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise TransientError(describe(exc), operation) from None
 
         async with response:
             yield chunks()

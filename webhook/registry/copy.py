@@ -22,9 +22,9 @@ from yarl import URL
 from ..naming import Scheme
 from ..reference import Reference
 from .cache import ExpiringCache
-from .client import RegistryClient, Repository
+from .client import RegistryClient, Repository, anchor_tag, reading_blob
 from .credentials import Credential, DockerConfig
-from .errors import CorruptTransfer, RegistryError, UnsupportedManifest
+from .errors import CorruptTransfer, Operation, RegistryError, UnsupportedManifest
 from .flight import SingleFlight
 from .known import KnownBlobs
 from .media import IMAGE_CONFIG_TYPES, Descriptor, Manifest, platform_of_config
@@ -116,12 +116,6 @@ class _Tree:
     stats: CopyStats
 
 
-def anchor_tag(digest: str) -> str:
-    """A tag per digest, so registry clean-ups of untagged manifests spare pinned backups."""
-    algorithm, _, hex_digest = digest.partition(":")
-    return f"{algorithm}-{hex_digest}"
-
-
 class CopyEngine:
     def __init__(
         self,
@@ -197,7 +191,9 @@ class CopyEngine:
             return cached[0]
         target = self.target_for(source)
         digest = await self.resolve(source, deadline=deadline, keyring=keyring)
-        found = await self._client.head_manifest(target, anchor_tag(digest), deadline=deadline)
+        found = await self._client.head_manifest(
+            target, anchor_tag(digest), deadline=deadline, push=True
+        )
         if found is None or found.digest != digest:
             return None
         backup = Reference(target.host, target.path, source.tag, digest)
@@ -365,8 +361,9 @@ class CopyEngine:
             mount_from = self._known.mount_source(blob.digest, dst)
             location: URL | None
             if mount_from is not None:
-                mount = (blob.digest, mount_from.path)
-                location = await client.start_upload(dst, deadline=deadline, mount=mount)
+                location = await client.start_upload(
+                    dst, blob.digest, deadline=deadline, mount_from=mount_from.path
+                )
                 if location is None:
                     self._known.add(dst, blob.digest)
                     return BlobOutcome.MOUNTED
@@ -376,7 +373,7 @@ class CopyEngine:
                 self._known.add(dst, blob.digest)
                 return BlobOutcome.PRESENT
             else:
-                location = await client.start_upload(dst, deadline=deadline)
+                location = await client.start_upload(dst, blob.digest, deadline=deadline)
             assert location is not None
             try:
                 await self._stream(job, blob, location)
@@ -392,7 +389,8 @@ class CopyEngine:
         async with client.open_blob(
             job.src, blob.digest, deadline=deadline, keyring=job.keyring
         ) as chunks:
-            check = _VerifiedStream(chunks, blob, f"{job.src}@{blob.digest}", self._progress)
+            source = reading_blob(job.src, blob.digest)
+            check = _VerifiedStream(chunks, blob, source, self._progress)
             try:
                 await client.finish_upload(
                     job.dst, location, blob, check.chunks(), deadline=deadline
@@ -432,11 +430,15 @@ class _VerifiedStream:
     """
 
     def __init__(
-        self, source: AsyncIterator[bytes], blob: Descriptor, where: str, progress: Progress | None
+        self,
+        source: AsyncIterator[bytes],
+        blob: Descriptor,
+        reading: Operation,
+        progress: Progress | None,
     ) -> None:
         self._source = source
         self._blob = blob
-        self._where = where
+        self._reading = reading
         self._progress = progress
         self.failure: RegistryError | None = None
 
@@ -470,7 +472,7 @@ class _VerifiedStream:
                 progress.advance(len(held))
 
     def _fail(self, why: str) -> NoReturn:
-        self.failure = CorruptTransfer(f"{self._where}: source sent corrupt data ({why})")
+        self.failure = CorruptTransfer(f"the registry sent corrupt data ({why})", self._reading)
         raise self.failure
 
 

@@ -1,11 +1,69 @@
 """Registry errors whose messages are fit to show an operator.
 
-Every message names what failed and why; none ever contains a credential.
+Every message says which registry failed (the source or the backup one), what was being
+done there, and why, in words; none ever contains a credential. None names the image the
+caller asked about: the caller (the admission, the CLI) names it once, before the message.
 """
+
+from __future__ import annotations
+
+import copy
+import enum
+from dataclasses import dataclass
+from typing import Self
+
+
+class Side(enum.Enum):
+    SOURCE = "source"
+    BACKUP = "backup"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What a request was for: `doing` (in words) on which registry, and which side it is."""
+
+    doing: str  # "reading blob sha256:…", "writing the backup tag for sha256:…"
+    host: str
+    side: Side | None = None  # None: a registry in no particular role
+    repository: str | None = None  # named for a backup: the caller does not know it
+
+    def __str__(self) -> str:
+        if self.side is Side.SOURCE:
+            return f"{self.doing} from the source registry {self.host}"
+        place = f" in {self.repository}" if self.repository else ""
+        registry = f"the {self.side.value} registry" if self.side else "registry"
+        return f"{self.doing}{place} on {registry} {self.host}"
 
 
 class RegistryError(Exception):
-    """A registry operation failed for a reason that retrying will not fix."""
+    """A registry operation failed for a reason that retrying will not fix.
+
+    `reason` says why in words; `operation`, once known, says where: the message is
+    "{operation}: {reason}".
+    """
+
+    def __init__(self, reason: str, operation: Operation | None = None) -> None:
+        super().__init__(f"{operation}: {reason}" if operation else reason)
+        self.reason = reason
+        self.operation = operation
+
+    @property
+    def host(self) -> str | None:
+        return self.operation.host if self.operation else None
+
+    @property
+    def side(self) -> Side | None:
+        return self.operation.side if self.operation else None
+
+    def during(self, operation: Operation) -> Self:
+        """This error as a failure of `operation`, unless it already names its own (a
+        streamed body's source, failing inside an upload, keeps the source's)."""
+        if self.operation is not None:
+            return self
+        named = copy.copy(self)
+        named.operation = operation
+        named.args = (f"{operation}: {self.reason}",)
+        return named
 
 
 class NotFound(RegistryError):
@@ -27,8 +85,14 @@ class DigestMismatch(RegistryError):
 class TransientError(RegistryError):
     """A failure worth retrying: connection trouble, 5xx, 429, corruption in transit."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        reason: str,
+        operation: Operation | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason, operation)
         self.retry_after = retry_after
 
 

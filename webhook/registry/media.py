@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from ..text import quoted
 from .errors import DigestMismatch, UnsupportedManifest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -28,6 +29,7 @@ SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 # Schema 1 is deliberately not accepted: asking for it would let a registry
 # down-convert and hand us bytes with a digest nobody references.
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
+SCHEMA1 = "legacy Docker schema 1 manifest; re-push the image with a current client"
 
 # Layers that registries are not allowed to serve (Windows base layers);
 # pulling clients fetch them from the URLs in the descriptor instead.
@@ -71,23 +73,19 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def parse_manifest(raw: bytes, content_type: str | None, where: str) -> Manifest:
-    """Parse manifest bytes served for `where` (an image reference, used in errors)."""
+def parse_manifest(raw: bytes, content_type: str | None) -> Manifest:
+    """Parse manifest bytes; errors say what is wrong with them (the caller says where)."""
     declared = (content_type or "").split(";")[0].strip()
     if declared in SCHEMA1_TYPES:
-        raise UnsupportedManifest(
-            f"{where}: legacy Docker schema 1 manifest; re-push the image with a current client"
-        )
+        raise UnsupportedManifest(SCHEMA1)
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise UnsupportedManifest(f"{where}: manifest is not valid JSON ({exc})") from None
+        raise UnsupportedManifest(f"the manifest is not valid JSON ({exc})") from None
     if not isinstance(document, dict):
-        raise UnsupportedManifest(f"{where}: manifest is not a JSON object")
+        raise UnsupportedManifest("the manifest is not a JSON object")
     if document.get("schemaVersion") == 1:
-        raise UnsupportedManifest(
-            f"{where}: legacy Docker schema 1 manifest; re-push the image with a current client"
-        )
+        raise UnsupportedManifest(SCHEMA1)
     media_type = document.get("mediaType") or declared or _guess_media_type(document)
     try:
         if media_type in INDEX_TYPES:
@@ -98,15 +96,17 @@ def parse_manifest(raw: bytes, content_type: str | None, where: str) -> Manifest
             distributable = [d for d in layers if d.media_type not in NON_DISTRIBUTABLE_TYPES]
             blobs = (_descriptor(document["config"]), *distributable)
             return Manifest(media_type, digest_of(raw), raw, (), blobs)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UnsupportedManifest(f"{where}: malformed {media_type} manifest ({exc})") from None
-    raise UnsupportedManifest(f"{where}: unsupported manifest media type {media_type!r}")
+    except KeyError as exc:
+        raise UnsupportedManifest(f"malformed {media_type} manifest (no {exc})") from None
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedManifest(f"malformed {media_type} manifest ({exc})") from None
+    raise UnsupportedManifest(f"unsupported manifest media type {quoted(str(media_type))}")
 
 
-def verify_digest(manifest: Manifest, expected: str, where: str) -> None:
+def verify_digest(manifest: Manifest, expected: str) -> None:
     if manifest.digest != expected:
         raise DigestMismatch(
-            f"{where}: registry served a manifest hashing to {manifest.digest}, not {expected}"
+            f"the registry served a manifest hashing to {manifest.digest}, not {expected}"
         )
 
 
@@ -120,9 +120,9 @@ def _descriptor(value: object) -> Descriptor:
         raise TypeError("descriptor is not an object")
     digest, size = value["digest"], value["size"]
     if not isinstance(digest, str) or not _SHA256_DIGEST.fullmatch(digest):
-        raise ValueError(f"unsupported descriptor digest {digest!r}")
+        raise ValueError(f"unsupported descriptor digest {quoted(str(digest))}")
     if not isinstance(size, int) or size < 0:
-        raise ValueError(f"bad descriptor size {size!r}")
+        raise ValueError(f"bad descriptor size {quoted(str(size))}")
     return Descriptor(
         str(value.get("mediaType", "")), digest, size, _platform(value.get("platform"))
     )

@@ -38,11 +38,12 @@ async def retrying(operation: Callable[[], Awaitable[T]], *, deadline: float) ->
             attempt += 1
 
 
-def remaining(deadline: float, what: str) -> float:
-    """Seconds left before `deadline`, or DeadlineExceeded naming what was cut short."""
+def remaining(deadline: float) -> float:
+    """Seconds left before `deadline`, or DeadlineExceeded (the request it cuts short
+    names the operation)."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise DeadlineExceeded(f"{what}: deadline exceeded")
+        raise DeadlineExceeded("ran out of time before it could finish")
     return left
 
 

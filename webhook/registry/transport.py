@@ -6,8 +6,11 @@ about sockets, certificates, status codes and 401 dances lives here.
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import ssl
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +19,10 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..text import one_line
 from .auth import RegistryAuth, Request, Response
 from .credentials import Credential, DockerConfig
-from .errors import NotFound, RegistryError, TransientError, Unauthorized
+from .errors import NotFound, Operation, RegistryError, TransientError, Unauthorized
 from .flight import SingleFlight
 from .retry import parse_retry_after, remaining, retrying
 
@@ -26,6 +30,19 @@ USER_AGENT = "image-backup-webhook/0.1"
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ENDPOINT = "https://registry-1.docker.io"
 MAX_TOKEN_RESPONSE = 1 << 20
+# What OpenSSL says when the other end answers a TLS hello in plain HTTP.
+PLAIN_HTTP_REPLIES = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+)
+ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "connection closed by the other end",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +114,7 @@ class Transport:
         repository: str,
         scopes: Sequence[str],
         deadline: float,
-        what: str,
+        operation: Operation,
         headers: dict[str, str] | None = None,
         data: Any = None,
         ok: Collection[int] = (200,),
@@ -112,7 +129,8 @@ class Transport:
         `target` is a path under the registry's base URL or an absolute URL (an
         upload Location). The caller owns the returned response and must release it.
         Requests whose body is a stream are never retried here: the caller
-        retries the whole transfer.
+        retries the whole transfer. Every error raised names `operation`, unless it is
+        a streamed body's own, which names the body's source.
         """
 
         async def attempt() -> aiohttp.ClientResponse:
@@ -120,17 +138,21 @@ class Transport:
             url = base.join(URL(target, encoded=True)) if isinstance(target, str) else target
             request = Request(method, url, CIMultiDict(headers or {}), data)
             credential = self.credential(host, repository, keyring)
-            response = await self._send(host, request, credential, scopes, deadline, what)
+            response = await self._send(host, request, credential, scopes, deadline)
             if response.status in ok:
                 return response
             try:
-                raise await _status_error(response, what)
+                anonymous = credential is None and not self.endpoint(host).token_file
+                raise await _status_error(response, anonymous=anonymous)
             finally:
                 response.release()
 
-        if retry:
-            return await retrying(attempt, deadline=deadline)
-        return await attempt()
+        try:
+            if retry:
+                return await retrying(attempt, deadline=deadline)
+            return await attempt()
+        except RegistryError as exc:
+            raise exc.during(operation) from None
 
     async def _send(
         self,
@@ -139,26 +161,25 @@ class Transport:
         credential: Credential | None,
         scopes: Sequence[str],
         deadline: float,
-        what: str,
     ) -> aiohttp.ClientResponse:
         base = await self.base_url(host, deadline)
         if request.url.origin() != base.origin():
             # An upload or blob URL on another host (object storage): no registry credentials.
-            return await self._http(host, request, deadline, what)
+            return await self._http(host, request, deadline)
         flow = self._auth_for(host).flow(request, credential, scopes)
         outgoing = next(flow)
         replayable = request.data is None or isinstance(request.data, bytes | dict)
         sent_once = False
         while True:
             if outgoing.is_token_request:
-                reply = await self._fetch_token(host, outgoing, deadline, what)
+                reply = await self._fetch_token(host, outgoing, deadline)
                 outgoing = flow.send(reply)
                 continue
             if sent_once and not replayable:
                 # Only a streamed upload gets here (its token expired mid-way); the
                 # flow has a fresh token now, so the transfer as a whole can retry.
-                raise TransientError(f"{what}: authorization expired during the upload")
-            response = await self._http(host, outgoing, deadline, what)
+                raise TransientError("authorization expired during the upload")
+            response = await self._http(host, outgoing, deadline)
             sent_once = True
             try:
                 outgoing = flow.send(Response(response.status, response.headers))
@@ -169,24 +190,18 @@ class Transport:
                 raise
             response.release()
 
-    async def _fetch_token(
-        self, host: str, request: Request, deadline: float, what: str
-    ) -> Response:
+    async def _fetch_token(self, host: str, request: Request, deadline: float) -> Response:
         key = (str(request.url), request.headers.get("Authorization", ""), repr(request.data))
 
         async def fetch() -> Response:
-            async with await self._http(host, request, deadline, what) as response:
+            async with await self._http(host, request, deadline) as response:
                 body = await response.content.read(MAX_TOKEN_RESPONSE)
                 return Response(response.status, response.headers, body)
 
         return await self._token_fetches.run(key, fetch)
 
-    async def _http(
-        self, host: str, request: Request, deadline: float, what: str
-    ) -> aiohttp.ClientResponse:
-        timeout = aiohttp.ClientTimeout(
-            total=remaining(deadline, what), sock_connect=10, sock_read=60
-        )
+    async def _http(self, host: str, request: Request, deadline: float) -> aiohttp.ClientResponse:
+        timeout = aiohttp.ClientTimeout(total=remaining(deadline), sock_connect=10, sock_read=60)
         try:
             return await self._session.request(
                 request.method,
@@ -197,17 +212,16 @@ class Transport:
                 timeout=timeout,
                 allow_redirects=True,
             )
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise RegistryError(
-                f"{what}: TLS certificate of {request.url.host} not trusted "
-                f"({exc.certificate_error}); set caFile, or insecure: true to skip verification"
-            ) from None
-        except aiohttp.ClientSSLError as exc:
-            raise RegistryError(
-                f"{what}: TLS handshake with {request.url.host} failed ({exc})"
-            ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransientError(f"{what}: {host} unreachable ({_describe(exc)})") from None
+            raise _failure(exc, self._peer(host, request)) from None
+
+    def _peer(self, host: str, request: Request) -> str:
+        """Who answered `request`, when not the registry itself: said after the reason."""
+        base = self._base_urls.get(host)
+        if base is not None and request.url.origin() == base.origin():
+            return ""
+        peer = request.url.host_port_subcomponent
+        return f" (token service {peer})" if request.is_token_request else f" (at {peer})"
 
     def credential(
         self, host: str, repository: str, keyring: DockerConfig | None = None
@@ -219,7 +233,7 @@ class Transport:
     def _auth_for(self, host: str) -> RegistryAuth:
         auth = self._auth.get(host)
         if auth is None:
-            auth = RegistryAuth(host, self.endpoint(host).token_file)
+            auth = RegistryAuth(self.endpoint(host).token_file)
             self._auth[host] = auth
         return auth
 
@@ -243,7 +257,9 @@ class Transport:
         if endpoint.url is not None:
             url = URL(endpoint.url if "://" in endpoint.url else f"https://{endpoint.url}")
             if url.scheme == "http" and not endpoint.insecure:
-                raise RegistryError(f"{host}: plain HTTP endpoint {url} needs insecure: true")
+                raise RegistryError(
+                    f"endpoint {url} is plain HTTP; set insecure: true for this registry"
+                )
             return url.with_path("/")
         https = URL(f"https://{host}/")
         if not endpoint.insecure:
@@ -251,29 +267,30 @@ class Transport:
         # An insecure registry may speak TLS (unverified) or plain HTTP: ask it, TLS first.
         # A registry that answers neither is reported, and asked again next time.
         for url in (https, URL(f"http://{host}/")):
-            timeout = aiohttp.ClientTimeout(total=min(5.0, remaining(deadline, host)))
+            timeout = aiohttp.ClientTimeout(total=min(5.0, remaining(deadline)))
             try:
                 async with self._session.get(url.join(URL("v2/")), ssl=False, timeout=timeout):
                     return url
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure = exc
-        raise TransientError(f"{host} unreachable ({_describe(failure)})")
+        raise TransientError(f"{describe(failure)} (tried HTTPS and plain HTTP)")
 
 
-async def _status_error(response: aiohttp.ClientResponse, what: str) -> RegistryError:
+async def _status_error(response: aiohttp.ClientResponse, *, anonymous: bool) -> RegistryError:
     detail = await _registry_message(response)
     status = response.status
     suffix = f": {detail}" if detail else ""
     if status in (401, 403):
-        return Unauthorized(f"{what}: unauthorized (HTTP {status}){suffix}")
+        hint = "; no credentials were found for it" if anonymous else ""
+        return Unauthorized(f"unauthorized (HTTP {status}){suffix}{hint}")
     if status == 404:
-        return NotFound(f"{what}: not found{suffix}")
+        return NotFound(f"not found{suffix}")
     if status == 429 or status >= 500:
         return TransientError(
-            f"{what}: registry answered HTTP {status}{suffix}",
+            f"the registry answered HTTP {status}{suffix}",
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
-    return RegistryError(f"{what}: registry answered HTTP {status}{suffix}")
+    return RegistryError(f"the registry answered HTTP {status}{suffix}")
 
 
 async def _registry_message(response: aiohttp.ClientResponse) -> str:
@@ -282,15 +299,97 @@ async def _registry_message(response: aiohttp.ClientResponse) -> str:
         body = await response.content.read(64 * 1024)
         errors = orjson.loads(body).get("errors") or []
         first = errors[0]
-        return f"{first.get('code', '')} {first.get('message', '')}".strip()[:200]
+        return one_line(f"{first.get('code', '')} {first.get('message', '')}")[:200]
     except (aiohttp.ClientError, orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
         return ""
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # Its own text drags in the repr of our SSL context.
-        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
-        return f"cannot connect to {exc.host}:{exc.port}: {reason}"
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+def _failure(exc: BaseException, peer: str) -> RegistryError:
+    """A failed exchange as the error to report.
+
+    When a streamed request body fails (the source of a blob), aiohttp reports it as a
+    failure to send, with the body's own error as the cause: that error is the one to
+    report, naming the source, not the registry that was being written to.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, RegistryError):
+            return cause
+    words = describe(exc) + peer
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return RegistryError(
+            f"{words}; set caFile for this registry, or insecure: true to skip verification"
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        advice = "; set insecure: true for this registry" if _speaks_plain_http(exc) else ""
+        return RegistryError(f"{words}{advice}")
+    return TransientError(words)
+
+
+def describe(exc: BaseException) -> str:
+    """A transport failure in words an operator can act on, never an internal object's text
+    (aiohttp's messages carry the repr of connection keys and SSL contexts).
+
+    The innermost cause the OS or TLS named wins over what aiohttp made of it."""
+    connecting = isinstance(exc, aiohttp.ClientConnectorError)
+    causes = list(_causes(exc))
+    words = (
+        next(filter(None, map(_cause_words, causes)), None)
+        or next(filter(None, map(_symptom_words, causes)), None)
+        or f"failed ({type(exc).__name__})"
+    )
+    return f"cannot connect: {words}" if connecting else words
+
+
+def _cause_words(exc: BaseException) -> str | None:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
+        return "name not resolved"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        if _speaks_plain_http(exc):
+            return "TLS handshake failed: the registry speaks plain HTTP"
+        reason = getattr(exc, "reason", None) or "unknown"
+        return f"TLS error ({reason.replace('_', ' ').lower()})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        if exc.errno in ERRNO_WORDS:
+            return ERRNO_WORDS[exc.errno]
+        if isinstance(exc, ConnectionResetError):
+            return "connection reset"
+        return os.strerror(exc.errno).lower() if exc.errno else None
+    return None
+
+
+def _symptom_words(exc: BaseException) -> str | None:
+    """What aiohttp saw, when nothing below it said why."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the registry closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the connection ended before the whole body arrived"
+    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+        return "connection lost"
+    return None
+
+
+def _speaks_plain_http(exc: BaseException) -> bool:
+    return any(
+        isinstance(c, ssl.SSLError) and getattr(c, "reason", None) in PLAIN_HTTP_REPLIES
+        for c in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps, outermost first: aiohttp's connector errors hold the OS
+    error, its other errors chain it as cause or context."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientConnectorError):
+            if isinstance(current, aiohttp.ClientConnectorDNSError):
+                yield current
+            current = current.os_error
+            continue
+        yield current
+        current = current.__cause__ or current.__context__
