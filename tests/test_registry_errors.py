@@ -8,7 +8,9 @@ starting with the image the caller asked about (the caller names that one).
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -38,6 +41,7 @@ from webhook.engine import open_engine
 from webhook.metrics import Metrics
 from webhook.reference import parse
 from webhook.registry.errors import RegistryError, Side
+from webhook.registry.transport import describe
 
 NOBODY = f"127.0.0.1:{free_port()}"  # a port nothing listens on
 DIGEST = r"sha256:[0-9a-f]{{64}}"  # braces doubled: patterns go through str.format
@@ -302,3 +306,37 @@ def test_the_cli_never_names_the_internal_anchor_tag(
     assert f"writing the backup tag for {stage.image.digest} in " in error
     assert f" on the backup registry {stage.backup.host}: " in error
     assert len(error.splitlines()) == 1
+
+
+def _caused(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
+# Failures as aiohttp raises them when a connection breaks mid-request (their text, where
+# they have one, is what messages showed before: connection keys, SSL context reprs).
+INTERNAL = "Connection<ConnectionKey(host='r', ssl=<ssl.SSLContext object at 0x7f62e290ce60>)>"
+
+
+@pytest.mark.parametrize(
+    ("failure", "words"),
+    [
+        (aiohttp.ClientOSError(errno.ECONNRESET, "Can not write request body"), "connection reset"),
+        (
+            _caused(
+                aiohttp.ClientConnectionError(f"Failed to send bytes into {INTERNAL}"),
+                ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+            ),
+            "connection reset",
+        ),
+        (aiohttp.ClientConnectionResetError("Cannot write to closing"), "connection reset"),
+        (aiohttp.ServerTimeoutError("Timeout on reading data from socket"), "timed out"),
+        (aiohttp.ClientOSError(errno.EHOSTUNREACH, INTERNAL), "host unreachable"),
+        (aiohttp.ClientOSError(errno.EMFILE, INTERNAL), os.strerror(errno.EMFILE).lower()),
+        (aiohttp.ServerDisconnectedError(), "the registry closed the connection"),
+        (aiohttp.ClientConnectionError(INTERNAL), "connection lost"),
+        (aiohttp.ClientResponseError(None, (), message=INTERNAL), "failed (ClientResponseError)"),  # type: ignore[arg-type]
+    ],
+)
+def test_transport_failures_are_described_in_words(failure: BaseException, words: str) -> None:
+    assert describe(failure) == words
