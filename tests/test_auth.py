@@ -6,6 +6,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
     deadline,
     engine_for,
@@ -21,6 +23,7 @@ from tests.support.registries import Registry, write_docker_config
 from tests.support.tokenserver import TokenServer
 from webhook.reference import parse
 from webhook.registry.client import Repository
+from webhook.registry.errors import Unauthorized
 
 
 def push_image(
@@ -282,3 +285,32 @@ async def test_tokens_are_reused_until_they_expire(
     assert first.digest != second.digest
     assert fetched_while_valid == 1
     assert len(token_server.requests_for(token_registry.service)) == 2
+
+
+async def test_refused_credentials_name_the_source_registry_and_its_token_service(
+    token_registry: Registry,
+    basic_registry: Registry,
+    image_cache: str,
+    unique_repo: str,
+    tmp_path: Path,
+) -> None:
+    push_image(token_registry, image_cache, unique_repo, seed=209)
+    logins = write_docker_config(
+        tmp_path / "config.json",
+        {
+            token_registry.host: (READER, "not-the-Pa55word"),
+            basic_registry.host: (basic_registry.username or "", basic_registry.password or ""),
+        },
+    )
+    config = make_config(basic_registry, sources=[tls(token_registry)], docker_config=logins)
+    async with engine_for(config) as engine:
+        with pytest.raises(Unauthorized) as caught:
+            await engine.backup(
+                parse(f"{token_registry.host}/{unique_repo}:v1"), deadline=deadline()
+            )
+
+    assert str(caught.value) == (
+        f"reading tag v1 from the source registry {token_registry.host}: the token service "
+        f"refused the credentials (HTTP 401) for repository:{unique_repo}:pull"
+    )
+    assert "not-the-Pa55word" not in str(caught.value)

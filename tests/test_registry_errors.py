@@ -128,7 +128,10 @@ FAULTS: dict[str, Fault] = {
     "backup resets mid-upload": Fault(
         lambda s: _add(s.backup, cut_request(100_000, method="PUT", path="/blobs/uploads/")),
         Side.BACKUP,
-        f"writing blob {DIGEST} " + ON_BACKUP + "(connection reset|the registry closed)",
+        # Which the client sees first (a reset, a broken pipe, an early close) is a race.
+        f"writing blob {DIGEST} "
+        + ON_BACKUP
+        + "(connection reset|the registry closed the connection)$",
     ),
     "backup refuses connections": Fault(
         _nothing,
@@ -334,6 +337,7 @@ INTERNAL = "Connection<ConnectionKey(host='r', ssl=<ssl.SSLContext object at 0x7
         (aiohttp.ClientOSError(errno.EHOSTUNREACH, INTERNAL), "host unreachable"),
         (aiohttp.ClientOSError(errno.EMFILE, INTERNAL), os.strerror(errno.EMFILE).lower()),
         (aiohttp.ServerDisconnectedError(), "the registry closed the connection"),
+        (aiohttp.ClientOSError(errno.EPIPE, INTERNAL), "the registry closed the connection"),
         (aiohttp.ClientConnectionError(INTERNAL), "connection lost"),
         (aiohttp.ClientResponseError(None, (), message=INTERNAL), "failed (ClientResponseError)"),  # type: ignore[arg-type]
     ],

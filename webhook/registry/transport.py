@@ -38,7 +38,7 @@ ERRNO_WORDS = {
     errno.ECONNREFUSED: "connection refused",
     errno.ECONNRESET: "connection reset",
     errno.ECONNABORTED: "connection aborted",
-    errno.EPIPE: "connection closed by the other end",
+    errno.EPIPE: "the registry closed the connection",
     errno.ETIMEDOUT: "timed out",
     errno.EHOSTUNREACH: "host unreachable",
     errno.ENETUNREACH: "network unreachable",
