@@ -44,7 +44,7 @@ def anchor_tag(digest: str) -> str:
 
 def reading_blob(repo: Repository, digest: str) -> Operation:
     """Reading a blob from a source: where a failure of its bytes is reported."""
-    return Operation(f"reading blob {digest}", repo.host, Side.SOURCE)
+    return _on(repo, f"reading blob {digest}", backup=False)
 
 
 def _is_digest(reference: str) -> bool:

@@ -329,7 +329,8 @@ def describe(exc: BaseException) -> str:
     """A transport failure in words an operator can act on, never an internal object's text
     (aiohttp's messages carry the repr of connection keys and SSL contexts).
 
-    The innermost cause the OS or TLS named wins over what aiohttp made of it."""
+    What the OS or TLS said, anywhere in the chain of causes, wins over what aiohttp
+    made of it."""
     connecting = isinstance(exc, aiohttp.ClientConnectorError)
     causes = list(_causes(exc))
     words = (
@@ -344,7 +345,7 @@ def _cause_words(exc: BaseException) -> str | None:
     if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
         return "name not resolved"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted ({exc.verify_message})"
+        return f"TLS certificate not trusted ({exc.verify_message or 'verification failed'})"
     if isinstance(exc, ssl.SSLError):
         if _speaks_plain_http(exc):
             return "TLS handshake failed: the registry speaks plain HTTP"
