@@ -7,14 +7,23 @@ APT_PACKAGES = docker-registry skopeo openssl $(KUBECTL_PACKAGE)
 # kubectl package would conflict with it).
 KUBECTL_PACKAGE = $(if $(shell command -v kubectl),,kubernetes-client)
 
-.PHONY: deps system-deps test lint demo bench clean
+# Building and running the container image (tests/test_container.py): no base image can be
+# pulled, so the test makes a Debian one with debootstrap.
+CONTAINER_APT_PACKAGES = podman runc debootstrap
 
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+.PHONY: deps system-deps test container-test lint demo bench clean
+
+# $(call apt-install,PACKAGES): installs those of PACKAGES that are missing.
+define apt-install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+system-deps:
+	$(call apt-install,$(APT_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,14 +41,16 @@ lint: deps
 test: deps lint
 	$(VENV)/bin/pytest -q
 
+# Builds the image from the Dockerfile and runs it as the Deployment does (a few minutes).
+container-test: deps
+	$(call apt-install,$(CONTAINER_APT_PACKAGES))
+	$(VENV)/bin/pytest -q -m container tests/test_container.py
+
 demo: deps
 	$(PY) demo/run.py
 
 bench: deps
-	@dpkg -s wrk >/dev/null 2>&1 || { \
-		echo "installing Debian packages: wrk"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
-	}
+	$(call apt-install,wrk)
 	@# Both run whatever the first one says; the target fails if either misses a bar.
 	$(PY) -m bench.copy --reps 5; copy=$$?; $(PY) -m bench.admission; admission=$$?; \
 	test $$copy -eq 0 -a $$admission -eq 0

@@ -53,13 +53,14 @@ import orjson
 
 from bench.copy import scratch_dir, skopeo_copy, stop_on_termination
 from bench.load import Load, run_wrk, write_script
+from tests.admission_helpers import SAMPLES
 from tests.support.images import make_image, push
 from tests.support.registries import Registry, free_port, start_registry
 from tests.support.skopeo import inspect_raw_digest
 from tests.support.tls import generate_tls
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT.parent / "shared" / "admission-samples" / "deployment-create.json"
+SAMPLE = SAMPLES / "deployment-create.json"
 MB = 1 << 20
 HOT_IMAGES = {"library/nginx": ("1.25", 101), "library/busybox": ("1.36", 102)}  # tag, seed
 COLD_LAYERS = (20 * MB,) * 5

@@ -6,12 +6,16 @@ pushes generated images into the source. Then:
 1. `image-backup copy` backs up one image; skopeo confirms the backup's digest;
 2. `image-backup serve` runs the webhook over TLS with a generated certificate, and
    a Deployment AdmissionReview goes to /audit and to /mutate: the warnings and
-   the JSON patch are printed, and skopeo checks every backup the patch points at.
+   the JSON patch are printed, and skopeo checks every backup the patch points at;
+3. the same review again is answered from memory (the metrics show no copy), and a
+   Deployment naming an image the source does not have is denied.
+It ends with a one-line summary.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import shutil
 import signal
@@ -123,7 +127,7 @@ def main() -> int:
                 check=False,
             )
             if done.returncode != 0:
-                return done.returncode
+                return summary(f"image-backup copy exited {done.returncode}")
             pinned = done.stdout.strip()
             print(pinned)
 
@@ -152,11 +156,17 @@ def main() -> int:
             agreed = skopeo.inspect_raw_digest(backup, repository_and_tag) == index.digest
             print(f"    skopeo digest {'==' if agreed else '!='} source digest {index.digest}")
             if not (agreed and pinned.endswith(index.digest)):
-                return 1
+                return summary("image-backup copy's backup does not match its source")
             return admission(work, source, backup)
         finally:
             source.close()
             backup.close()
+
+
+def summary(failure: str | None, done: str = "") -> int:
+    """The demo's last line: what it showed, or where it stopped."""
+    print(f"\ndemo {'FAILED: ' + failure if failure else 'OK: ' + done}", flush=True)
+    return 1 if failure else 0
 
 
 def admission(work: str, source: Registry, backup: Registry) -> int:
@@ -197,10 +207,8 @@ def admission(work: str, source: Registry, backup: Registry) -> int:
     try:
         wait_ready(url, context, server)
         print(f"    {url}/readyz: ready")
-        body = json.dumps(DEPLOYMENT_REVIEW).encode()
-
         step("POST /audit  (a Deployment using nginx:1.25 and busybox:1.36)")
-        audit = post(url + "/audit", body, context)
+        audit = post(url + "/audit", DEPLOYMENT_REVIEW, context)
         print(f"    allowed: {audit['allowed']}, patch: {'patch' in audit}")
         for warning in audit.get("warnings", []):
             print(f"    warning: {warning}")
@@ -208,7 +216,7 @@ def admission(work: str, source: Registry, backup: Registry) -> int:
 
         step("POST /mutate (enforce: copies first, then answers)")
         started = time.monotonic()
-        mutate = post(url + "/mutate", body, context)
+        mutate = post(url + "/mutate", DEPLOYMENT_REVIEW, context)
         print(f"    answered in {time.monotonic() - started:.2f}s, allowed: {mutate['allowed']}")
         for warning in mutate.get("warnings", []):
             print(f"    warning: {warning}")
@@ -219,17 +227,51 @@ def admission(work: str, source: Registry, backup: Registry) -> int:
 
         step("skopeo inspect of every image the patch points at")
         ok = True
-        for operation in patch:
-            if not operation["path"].endswith("/image"):
-                continue
-            reference = operation["value"]
+        pinned = [operation["value"] for operation in patch if operation["path"].endswith("/image")]
+        for reference in pinned:
             repository_and_digest = (
                 reference.split("/", 1)[1].split(":", 1)[0] + "@" + reference.split("@")[1]
             )
             digest = skopeo.inspect_raw_digest(backup, repository_and_digest)
             ok &= digest == reference.split("@")[1]
             print(f"    {reference}\n      skopeo: {digest} {'ok' if ok else 'MISMATCH'}")
-        return 0 if ok and mutate["allowed"] else 1
+        if not (ok and mutate["allowed"]):
+            return summary("a backup the patch points at does not match its source")
+
+        step("POST /mutate again, another uid: answered from memory, nothing copied")
+        before = counters(url, context)
+        started = time.monotonic()
+        again = post(url + "/mutate", with_uid(DEPLOYMENT_REVIEW, "2"), context)
+        took_ms = (time.monotonic() - started) * 1000
+        after = counters(url, context)
+        hits = after["image_backup_cache_hits_total"] - before["image_backup_cache_hits_total"]
+        copies = after["image_backup_copies_total"] - before["image_backup_copies_total"]
+        print(
+            f"    answered in {took_ms:.1f} ms, allowed: {again['allowed']}, same patch: "
+            f"{again.get('patch') == mutate['patch']}"
+        )
+        print(
+            f"    metrics: image_backup_cache_hits_total +{hits:g}, "
+            f"image_backup_copies_total +{copies:g}"
+        )
+        if not (again.get("patch") == mutate["patch"] and hits > 0 and copies == 0):
+            return summary("the second admission was not answered from memory")
+
+        step("POST /mutate with nginx:9.99, which the source does not have: denied")
+        missing = with_uid(DEPLOYMENT_REVIEW, "3")
+        containers = missing["request"]["object"]["spec"]["template"]["spec"]["containers"]
+        containers[0]["image"] = "nginx:9.99"
+        denied = post(url + "/mutate", missing, context)
+        reason = denied.get("status", {}).get("message", "")
+        print(f"    allowed: {denied['allowed']}\n    message: {reason}")
+        if denied["allowed"]:
+            return summary("a Deployment naming a missing image was admitted")
+        return summary(
+            None,
+            f"copied 1 image with the CLI and {len(pinned)} with /mutate, all checked by "
+            f"skopeo; the repeat answered from memory in {took_ms:.0f} ms with no copy; "
+            "the missing image denied",
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -248,7 +290,30 @@ def wait_ready(url: str, context: ssl.SSLContext, server: subprocess.Popen[bytes
     raise SystemExit("the webhook did not become ready")
 
 
-def post(url: str, body: bytes, context: ssl.SSLContext) -> dict[str, Any]:
+def with_uid(review: dict[str, Any], suffix: str) -> dict[str, Any]:
+    """The review again, as another request (the API server gives each its own uid)."""
+    changed = copy.deepcopy(review)
+    changed["request"]["uid"] = review["request"]["uid"][: -len(suffix)] + suffix
+    return changed
+
+
+def counters(url: str, context: ssl.SSLContext) -> dict[str, float]:
+    """The server's counters from /metrics, each summed over its labels."""
+    with urllib.request.urlopen(url + "/metrics", context=context, timeout=10) as answer:
+        lines = answer.read().decode().splitlines()
+    found: dict[str, float] = {}
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name = series.partition("{")[0]
+        if name.endswith("_total"):
+            found[name] = found.get(name, 0.0) + float(value)
+    return found
+
+
+def post(url: str, review: dict[str, Any], context: ssl.SSLContext) -> dict[str, Any]:
+    body = json.dumps(review).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, context=context, timeout=60) as answer:
         response: dict[str, Any] = json.loads(answer.read())["response"]

@@ -12,7 +12,7 @@ from typing import Any
 import jsonpatch
 import orjson
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "admission-samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "admission"  # see tests/data/README.md
 
 # The images the samples use, as Docker Hub names; tests serve them from a local registry.
 SAMPLE_IMAGES = {

@@ -36,6 +36,24 @@ from tests.support.tokenserver import TokenServer
 _token_servers: list[TokenServer] = []
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "container: builds and runs the container image (minutes, root, podman): run by"
+        " `make container-test`, skipped unless selected with -m container",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Container tests run only when asked for by name (``-m container``)."""
+    if "container" in config.getoption("markexpr", ""):
+        return
+    skip = pytest.mark.skip(reason="builds the container image: `make container-test` runs it")
+    for item in items:
+        if item.get_closest_marker("container"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def session_tmp() -> Iterator[str]:
     """The single temp dir of this test session (under /tmp); removed at the end."""

@@ -108,3 +108,31 @@ def test_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="cannot read config"):
         config.load(tmp_path / "nope.yaml")
+
+
+def test_later_files_merge_over_earlier_ones(tmp_path: Path) -> None:
+    """What a kustomize overlay's second file relies on: it adds, the first file keeps the rest."""
+    first = tmp_path / "config.yaml"
+    first.write_text(
+        "backupRegistry: {host: backup.example.com, prefix: mirror}\n"
+        "registries: [{host: a.example.com, insecure: true}]\n"
+        "onFailure: allow\n"
+    )
+    second = tmp_path / "overlay.yaml"
+    second.write_text(
+        "backupRegistry: {pathStyle: flat}\nregistries: [{host: b.example.com}]\nonFailure: deny\n"
+    )
+    loaded = config.load(first, second)
+    assert (loaded.backup_registry.host, loaded.backup_registry.prefix) == (
+        "backup.example.com",
+        "mirror",
+    )
+    assert loaded.backup_registry.path_style == "flat"
+    assert [(r.host, r.insecure) for r in loaded.registries] == [
+        ("a.example.com", True),
+        ("b.example.com", False),
+    ]
+    assert loaded.on_failure == "deny"
+    second.write_text("registries: [{host: a.example.com}]\n")
+    with pytest.raises(config.ConfigError, match=r"overlay.yaml: registries: .*a\.example\.com"):
+        config.load(first, second)

@@ -1,10 +1,12 @@
 """The container image's recipe, checked without a container engine: its stages and the build
 context it sees, and the wheel it installs, built from exactly the files it copies and then
-started through the console script its ENTRYPOINT names.
+started through the console script its ENTRYPOINT names. (tests/test_container.py builds and
+runs the image itself, outside the default suite.)
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -61,13 +63,18 @@ for module in pkgutil.walk_packages([target], onerror=lambda name: sys.exit(name
 """
 
 
+def instructions() -> list[Instruction]:
+    """The Dockerfile's instructions, comments left out."""
+    return [i for i in DockerfileParser(DOCKERFILE).structure if i["instruction"] != "COMMENT"]
+
+
 def stages() -> list[list[Instruction]]:
-    """The instructions of each stage, FROM first, comments left out."""
+    """The instructions of each stage, FROM first (the ARGs before the first FROM left out)."""
     found: list[list[Instruction]] = []
-    for instruction in DockerfileParser(DOCKERFILE).structure:
+    for instruction in instructions():
         if instruction["instruction"] == "FROM":
             found.append([])
-        if instruction["instruction"] != "COMMENT":
+        if found:
             found[-1].append(instruction)
     return found
 
@@ -167,9 +174,13 @@ def run_from_wheel(script: str, installed: Path, *args: str) -> subprocess.Compl
 
 
 def test_two_stages_from_the_same_base() -> None:
+    """Both stages from build argument BASE (the tests build on their own base), the
+    official Python image by default."""
+    global_args = list(itertools.takewhile(lambda i: i["instruction"] == "ARG", instructions()))
+    assert [i["value"] for i in global_args] == [f"BASE={BASE_IMAGE}"]
     builder, runtime = stages()
-    assert values(builder, "FROM") == [f"{BASE_IMAGE} AS builder"]
-    assert values(runtime, "FROM") == [BASE_IMAGE]
+    assert values(builder, "FROM") == ["${BASE} AS builder"]
+    assert values(runtime, "FROM") == ["${BASE}"]
     assert any("pip wheel" in run for run in values(builder, "RUN"))
 
 
@@ -199,7 +210,12 @@ def test_runtime_stage_runs_unprivileged_on_a_read_only_root() -> None:
 
 def test_entrypoint_command_and_port() -> None:
     runtime = stages()[1]
-    assert exec_form(runtime, "ENTRYPOINT") == ["image-backup"]
+    (entrypoint,) = exec_form(runtime, "ENTRYPOINT")
+    # the console script of the virtual environment the project is installed in, on PATH too
+    assert PurePosixPath(entrypoint).name == "image-backup"
+    venv = str(PurePosixPath(entrypoint).parent.parent)
+    assert any(f"-m venv {venv}" in run for run in values(runtime, "RUN"))
+    assert DockerfileParser(DOCKERFILE).envs["PATH"].startswith(f"{venv}/bin:")
     assert exec_form(runtime, "CMD") == ["serve", "--config", "/etc/image-backup/config.yaml"]
     assert values(runtime, "EXPOSE") == [str(Server().port)]
 
@@ -238,7 +254,7 @@ def test_the_wheel_starts_as_the_entrypoint(installed: Path) -> None:
     result = run_from_wheel(RUN_CONSOLE_SCRIPT, installed, "--help")
     assert result.returncode == 0, result.stderr
     name, usage = result.stdout.split("\n", 1)
-    assert [name] == exec_form(stages()[1], "ENTRYPOINT")
+    assert [name] == [PurePosixPath(e).name for e in exec_form(stages()[1], "ENTRYPOINT")]
     assert usage.startswith("usage: image-backup")
 
 

@@ -8,6 +8,7 @@ quietly undo what the base guarantees.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
 import shutil
@@ -23,7 +24,7 @@ import yaml
 from webhook.admission.pods import POD_SPEC_PATHS
 from webhook.cli import _parser as cli_parser
 from webhook.cli import _serve as cli_serve
-from webhook.config import Config, parse
+from webhook.config import Config, load, merged
 from webhook.metrics import Metrics
 from webhook.server import Mode, WebhookServer, build_app
 
@@ -72,11 +73,11 @@ READ_VERBS = {"get", "list", "watch"}
 
 
 @functools.cache
-def render(variant: str) -> tuple[Obj, ...]:
+def render(variant: str, manifests: Path = MANIFESTS) -> tuple[Obj, ...]:
     kubectl = shutil.which("kubectl")
     assert kubectl is not None, "kubectl not found (make system-deps installs it)"
     result = subprocess.run(
-        [kubectl, "kustomize", str(MANIFESTS / variant)],
+        [kubectl, "kustomize", str(manifests / variant)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -114,13 +115,31 @@ def pod_labels(objects: tuple[Obj, ...]) -> dict[str, str]:
     return labels
 
 
-def config_text(objects: tuple[Obj, ...]) -> str:
-    text: str = only(objects, "ConfigMap")["data"]["config.yaml"]
-    return text
+def config_files(objects: tuple[Obj, ...]) -> list[str]:
+    """The config files the container's arguments name, in the order they are merged."""
+    args = parsed_args(objects)
+    assert args.command is cli_serve
+    files: list[str] = args.config
+    return files
+
+
+def parsed_args(objects: tuple[Obj, ...]) -> argparse.Namespace:
+    # The image's ENTRYPOINT is image-backup: the container's args go to its parser.
+    return cli_parser().parse_args(container(objects)["args"])
+
+
+def config_texts(objects: tuple[Obj, ...]) -> list[str]:
+    """The text of each config file, from the ConfigMap item mounted there."""
+    data = only(objects, "ConfigMap")["data"]
+    keys = [projected_source(mounted_file(objects, path))[2] for path in config_files(objects)]
+    return [data[key] for key in keys]
 
 
 def config_document(objects: tuple[Obj, ...]) -> Obj:
-    document: Obj = yaml.safe_load(config_text(objects))
+    """The configuration the webhook reads: every config file, merged as it merges them."""
+    document: Obj = {}
+    for text in config_texts(objects):
+        document = merged(document, yaml.safe_load(text))
     return document
 
 
@@ -143,7 +162,13 @@ def with_local_files(document: Any, root: Path) -> Any:
 
 
 def loaded_config(objects: tuple[Obj, ...], scratch: Path) -> Config:
-    return parse(with_local_files(config_document(objects), scratch), "config.yaml")
+    """The configuration as the webhook loads it from the files the container names."""
+    files = []
+    for number, text in enumerate(config_texts(objects)):
+        local = scratch / f"config-{number}.yaml"
+        local.write_text(yaml.safe_dump(with_local_files(yaml.safe_load(text), scratch)))
+        files.append(local)
+    return load(*files)
 
 
 class MountedFile(NamedTuple):
@@ -399,8 +424,7 @@ def test_self_signed_unless_cert_manager(variant: str) -> None:
 
 
 def test_the_command_line_accepts_the_arguments(variant: str) -> None:
-    # The image's ENTRYPOINT is image-backup: the container's args go to its parser.
-    args = cli_parser().parse_args(container(render(variant))["args"])
+    args = parsed_args(render(variant))
     assert args.command is cli_serve
     assert args.self_signed == (variant != CERT_MANAGER)
 
@@ -408,11 +432,10 @@ def test_the_command_line_accepts_the_arguments(variant: str) -> None:
 def test_config_files_are_mounted(variant: str) -> None:
     """Every file the arguments and the config name comes from the right object."""
     objects = render(variant)
-    args = container(objects)["args"]
-    assert args[:2] == ["serve", "--config"]
     config_map = only(objects, "ConfigMap")["metadata"]["name"]
-    config_file = projected_source(mounted_file(objects, args[2]))
-    assert config_file == ("configMap", config_map, "config.yaml")
+    sources = [projected_source(mounted_file(objects, path)) for path in config_files(objects)]
+    assert sources[0] == ("configMap", config_map, "config.yaml")  # the base's, first
+    assert all(source[:2] == ("configMap", config_map) for source in sources)
     config = config_document(objects)
     docker_config = projected_source(mounted_file(objects, config["credentials"]["dockerConfig"]))
     assert docker_config == ("secret", REGISTRY_SECRET, ".dockerconfigjson")
@@ -428,7 +451,9 @@ def test_config_is_accepted_by_the_webhook(variant: str, tmp_path: Path) -> None
     objects = render(variant)
     config = loaded_config(objects, tmp_path)
     assert config.backup_registry.host == PLACEHOLDER_HOST
-    (line,) = [line for line in config_text(objects).splitlines() if PLACEHOLDER_HOST in line]
+    first, *others = config_texts(objects)
+    assert first == (MANIFESTS / BASE / "config.yaml").read_text()  # the file to edit
+    (line,) = [line for line in first.splitlines() if PLACEHOLDER_HOST in line]
     assert "CHANGE THIS" in line
     assert config.server.port == container_port(objects, "https")
     document = config_document(objects)
@@ -442,11 +467,26 @@ def test_config_is_accepted_by_the_webhook(variant: str, tmp_path: Path) -> None
             }
         ]
         assert [registry.host for registry in config.registries] == [OPENSHIFT_REGISTRY]
-        # The overlay replaces the whole file: the rest must not drift from the base's.
-        del document["registries"]
-        assert document == config_document(render(BASE))
+        # The overlay's file adds the registry and nothing else.
+        assert [yaml.safe_load(text) for text in others] == [{"registries": registries}]
     else:
         assert registries == []
+        assert others == []
+
+
+def test_base_config_reaches_every_variant(variant: str, tmp_path: Path) -> None:
+    """A setting changed in base/config.yaml, as the README's install says to, is what the
+    webhook reads in every variant: no overlay carries a copy of its own."""
+    manifests = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, manifests)
+    base_config = manifests / BASE / "config.yaml"
+    document = yaml.safe_load(base_config.read_text())
+    document["backupRegistry"]["host"] = "backup.example.org:5000"
+    document["copy"] = {"concurrency": 3}
+    base_config.write_text(yaml.safe_dump(document))
+    config = loaded_config(render(variant, manifests), tmp_path / "files")
+    assert config.backup_registry.host == "backup.example.org:5000"
+    assert config.copy_settings.concurrency == 3
 
 
 Grant = tuple[str | None, str, str, str, str | None]

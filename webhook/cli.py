@@ -34,6 +34,7 @@ from .tls import CertificateError, ReloadingCertificate
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+CONFIG_HELP = "configuration file (YAML); given again, each file is merged over the ones before"
 
 
 class _ProgressBar:
@@ -234,7 +235,7 @@ def _target(text: str, source: Reference) -> tuple[Repository, str | None]:
 
 def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "config", None):
-        return config_module.load(args.config)
+        return config_module.load(*args.config)
     # Without a file, `--to` supplies the only registry we must know about.
     to = getattr(args, "to", None)
     if args.command is _copy and to is None:
@@ -274,19 +275,19 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument(
         "--to", metavar="TARGET", help="target repository[:tag] (default: the naming scheme)"
     )
-    copy.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
+    copy.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     copy.set_defaults(command=_copy)
 
     resolve = commands.add_parser("resolve", help="print the digest a reference points at")
     resolve.add_argument("reference", metavar="REF")
-    resolve.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
+    resolve.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     resolve.set_defaults(command=_resolve)
 
     serve_command = commands.add_parser(
         "serve", help="run the admission webhook (HTTPS) until SIGTERM"
     )
     serve_command.add_argument(
-        "--config", metavar="FILE", required=True, help="configuration file (YAML)"
+        "--config", metavar="FILE", action="append", required=True, help=CONFIG_HELP
     )
     serve_command.add_argument(
         "--self-signed",
@@ -327,7 +328,7 @@ def _parser() -> argparse.ArgumentParser:
         help="manifest file (multi-document YAML, kind: List), - for standard input; repeatable",
     )
     review.add_argument("--mode", choices=["enforce", "audit"], default="enforce")
-    review.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
+    review.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     review.set_defaults(command=_review)
     return parser
 

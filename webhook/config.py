@@ -189,7 +189,15 @@ class Config(_Section):
         return list(endpoints.values())
 
 
-def load(path: str | Path) -> Config:
+def load(*paths: str | Path) -> Config:
+    """The configuration in one file, or in several merged in order (see :func:`merged`)."""
+    document: dict[str, object] = {}
+    for path in paths:
+        document = merged(document, _read(path))
+    return parse(document, " + ".join(str(path) for path in paths))
+
+
+def _read(path: str | Path) -> dict[str, object]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -200,7 +208,23 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"config {path} is not valid YAML: {one_line(str(exc))}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level")
-    return parse(document, str(path))
+    return document
+
+
+def merged(earlier: dict[str, object], later: dict[str, object]) -> dict[str, object]:
+    """`later` laid over `earlier`: mappings merge key by key, lists are extended, any other
+    value is replaced. So a second file (a kustomize overlay's) adds what it must, a source
+    registry say, and every other setting still comes from the first."""
+    result = dict(earlier)
+    for key, value in later.items():
+        before = result.get(key)
+        if isinstance(before, dict) and isinstance(value, dict):
+            result[key] = merged(before, value)
+        elif isinstance(before, list) and isinstance(value, list):
+            result[key] = before + value
+        else:
+            result[key] = value
+    return result
 
 
 def parse(document: dict[str, object], source: str = "config") -> Config:

@@ -4,15 +4,19 @@
   never in argv.
 * TLS registries are trusted through ``--cert-dir`` holding just the test CA as ``ca.crt``;
   plain-HTTP registries use ``--tls-verify=false``.
-* Every call runs with a fresh, private ``HOME``/``XDG_*`` and ``_CONTAINERS_ROOTLESS_UID``
-  set, so containers/image puts its blob-info cache (``blob-info-cache-v1.boltdb``, which
-  for root would otherwise live in ``/var/lib/containers/cache``) in a throw-away
-  directory: the cache is cold for each call and no state leaks between runs.
+* Every call runs in a private state directory (a fresh one unless the caller names one):
+  ``HOME``/``XDG_*`` point into it and ``_CONTAINERS_ROOTLESS_UID`` is set, so
+  containers/image puts its blob-info cache (``blob-info-cache-v1.boltdb``, which for root
+  would otherwise live in the machine-wide ``/var/lib/containers/cache``) there, and reads
+  an empty ``registries.conf`` and ``registries.d`` of its own instead of
+  ``/etc/containers``: the cache is cold for each call, and neither a machine's containers
+  configuration nor a cache some other skopeo left behind changes what a test sees.
 * A private permissive ``policy.json`` is passed with ``--policy``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -27,6 +31,7 @@ __all__ = [
     "CopyResult",
     "SkopeoEndpoint",
     "SkopeoError",
+    "blob_info_cache",
     "copy",
     "inspect_raw",
     "inspect_raw_digest",
@@ -95,28 +100,58 @@ def _ref(endpoint: SkopeoEndpoint, reference: str) -> str:
     return f"docker://{reference}"
 
 
+def blob_info_cache(home: str) -> str:
+    """Where skopeo run with state directory ``home`` keeps its blob-info cache."""
+    return os.path.join(home, "data", "containers", "cache", "blob-info-cache-v1.boltdb")
+
+
+def _private_env(home: str) -> dict[str, str]:
+    """The environment of a skopeo whose every file of state is under ``home``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("XDG_", "REGISTRY_AUTH", "CONTAINERS_"))
+    }
+    env.update(
+        HOME=home,
+        XDG_DATA_HOME=os.path.join(home, "data"),
+        XDG_CONFIG_HOME=os.path.join(home, ".config"),
+        XDG_CACHE_HOME=os.path.join(home, "cache"),
+        XDG_RUNTIME_DIR=os.path.join(home, "run"),
+        # containers/image puts the blob-info cache under XDG_DATA_HOME only for non-root
+        _CONTAINERS_ROOTLESS_UID=str(os.geteuid() or 65534),
+        TMPDIR=os.path.join(home, "tmp"),
+    )
+    for d in ("data", ".config/containers", "cache", "run", "tmp", "registries.d"):
+        os.makedirs(os.path.join(home, d), mode=0o700, exist_ok=True)
+    # A "rootless" skopeo reads $HOME/.config/containers/registries.conf, if there is one,
+    # instead of /etc/containers/registries.conf.
+    with open(os.path.join(home, ".config", "containers", "registries.conf"), "w"):
+        pass
+    with open(os.path.join(home, "policy.json"), "w") as f:
+        f.write(_POLICY)
+    return env
+
+
 def run_skopeo(
-    args: Sequence[str], *, timeout: float = 600, check: bool = True
+    args: Sequence[str], *, timeout: float = 600, check: bool = True, home: str | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``skopeo --policy <permissive> ARGS`` in a fresh private home (cold caches)."""
-    with tempfile.TemporaryDirectory(prefix="ibw-skopeo-") as home:
-        policy = os.path.join(home, "policy.json")
-        with open(policy, "w") as f:
-            f.write(_POLICY)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "REGISTRY_AUTH"))}
-        env.update(
-            HOME=home,
-            XDG_DATA_HOME=os.path.join(home, "data"),
-            XDG_CONFIG_HOME=os.path.join(home, "config"),
-            XDG_CACHE_HOME=os.path.join(home, "cache"),
-            XDG_RUNTIME_DIR=os.path.join(home, "run"),
-            # containers/image puts the blob-info cache under XDG_DATA_HOME only for non-root
-            _CONTAINERS_ROOTLESS_UID=str(os.geteuid() or 65534),
-            TMPDIR=os.path.join(home, "tmp"),
-        )
-        for d in ("data", "config", "cache", "run", "tmp"):
-            os.makedirs(os.path.join(home, d), mode=0o700)
-        argv = [SKOPEO_BINARY, "--policy", policy, "--tmpdir", env["TMPDIR"], *args]
+    """Run ``skopeo --policy <permissive> ARGS`` with its state in ``home`` (default: a fresh
+    directory, removed afterwards, so caches are cold)."""
+    with contextlib.ExitStack() as stack:
+        if home is None:
+            home = stack.enter_context(tempfile.TemporaryDirectory(prefix="ibw-skopeo-"))
+        env = _private_env(home)
+        argv = [
+            SKOPEO_BINARY,
+            "--policy",
+            os.path.join(home, "policy.json"),
+            "--registries.d",
+            os.path.join(home, "registries.d"),
+            "--tmpdir",
+            env["TMPDIR"],
+            *args,
+        ]
         proc = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=timeout
         )
@@ -156,11 +191,12 @@ def copy(
     all_platforms: bool = False,
     extra_args: Sequence[str] = (),
     timeout: float = 1800,
+    home: str | None = None,
 ) -> CopyResult:
     """``skopeo copy --preserve-digests`` between two registries with a cold blob-info cache.
 
-    ``all_platforms`` adds ``--all`` (copy every image of an index). Returns the wall time
-    and the pushed digest.
+    ``all_platforms`` adds ``--all`` (copy every image of an index); ``home`` is skopeo's state
+    directory (see :func:`run_skopeo`). Returns the wall time and the pushed digest.
     """
     with tempfile.TemporaryDirectory(prefix="ibw-skopeo-digest-") as d:
         digestfile = os.path.join(d, "digest")
@@ -181,7 +217,7 @@ def copy(
             args.append("--all")
         args += [*extra_args, _ref(src_registry, src_ref), _ref(dst_registry, dst_ref)]
         start = time.perf_counter()
-        proc = run_skopeo(args, timeout=timeout)
+        proc = run_skopeo(args, timeout=timeout, home=home)
         seconds = time.perf_counter() - start
         digest = None
         if os.path.exists(digestfile):
