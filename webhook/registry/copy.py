@@ -52,7 +52,7 @@ REFRESH_SHARE = 0.25
 # lifetime at most, and an answer made from it is reused for this long at most, so that
 # the re-check's outcome is seen soon after it lands.
 STALE_ANSWER_SECONDS = 1.0
-RESULT_CACHE_BYTES = 16 << 20
+RESULT_CACHE_BYTES = 32 << 20  # about 10,000 results of ordinary names
 
 ResultKey = tuple[Reference, Repository, str | None, Credential | None]
 
