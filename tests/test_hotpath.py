@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.support import images, skopeo
 from tests.support.faultproxy import FaultProxy, FaultProxyFactory, delay, status
 from tests.support.registries import Registry
 from webhook.admission.handler import Admission
+from webhook.config import Config
 from webhook.engine import open_engine
 from webhook.metrics import Metrics
 from webhook.reference import Reference, parse
@@ -45,46 +47,64 @@ async def settled(
     raise AssertionError(f"the re-check of {source} never landed")
 
 
-def moved_tag_setup(
-    plain_registry: Registry,
-    basic_registry: Registry,
-    image_cache: str,
-    repo: str,
-    fault_proxy: FaultProxyFactory,
-) -> tuple[FaultProxy, images.Image, images.Image, Reference]:
-    old = images.make_image(image_cache, [3_000], seed=71, fmt="oci")
-    new = images.make_image(image_cache, [4_000], seed=72, fmt="oci")
-    images.push(plain_registry.backdoor_url, repo, "v1", old)
-    proxy = fault_proxy(plain_registry)
-    return proxy, old, new, parse(f"{proxy.host}/{repo}:v1")
+@dataclass(frozen=True)
+class MovingTag:
+    """An image tagged v1 in the source, behind a proxy, whose tag `move()` points at
+    another image; the backup registry behind a proxy too; tags live TTL seconds."""
+
+    source_proxy: FaultProxy
+    backup_proxy: FaultProxy
+    old: images.Image
+    new: images.Image
+    source: Reference
+    config: Config
+    move: Callable[[], object]  # points the tag at `new`
+
+    def moved(self, result: CopyResult | None) -> bool:
+        """Whether `result` is the backup of the tag after the move."""
+        return result is not None and result.digest == self.new.digest
 
 
-async def test_a_tag_past_its_lifetime_is_answered_while_one_recheck_picks_up_the_move(
+@pytest.fixture
+def moving(
     plain_registry: Registry,
     basic_registry: Registry,
     image_cache: str,
     unique_repo: str,
     fault_proxy: FaultProxyFactory,
-) -> None:
-    proxy, old, new, source = moved_tag_setup(
-        plain_registry, basic_registry, image_cache, unique_repo, fault_proxy
-    )
+) -> MovingTag:
+    old = images.make_image(image_cache, [3_000], seed=71, fmt="oci")
+    new = images.make_image(image_cache, [4_000], seed=72, fmt="oci")
+    images.push(plain_registry.backdoor_url, unique_repo, "v1", old)
+    source, backup = fault_proxy(plain_registry), fault_proxy(basic_registry)
     config = make_config(
-        basic_registry,
-        sources=[plain(proxy)],
-        docker_config=basic_registry.docker_config,
-        tagCacheSeconds=TTL,
+        backup, sources=[plain(source)], docker_config=backup.docker_config, tagCacheSeconds=TTL
     )
-    async with open_engine(config, clock=(clock := Clock(0.0))) as engine:
+    return MovingTag(
+        source,
+        backup,
+        old,
+        new,
+        parse(f"{source.host}/{unique_repo}:v1"),
+        config,
+        lambda: images.push(plain_registry.backdoor_url, unique_repo, "v1", new),
+    )
+
+
+async def test_a_tag_past_its_lifetime_is_answered_while_one_recheck_picks_up_the_move(
+    moving: MovingTag, basic_registry: Registry
+) -> None:
+    proxy, old, new, source = moving.source_proxy, moving.old, moving.new, moving.source
+    async with open_engine(moving.config, clock=(clock := Clock(0.0))) as engine:
         await engine.backup(source, deadline=deadline())
         fresh = engine.cached(source)
-        images.push(plain_registry.backdoor_url, unique_repo, "v1", new)  # the tag moves
+        moving.move()
         proxy.clear_log()
         proxy.add(delay(1.0))  # every source request is slow
         clock.now = TTL  # the end of its lifetime
         answers = [engine.cached(source) for _ in range(100)]
         asked_meanwhile = list(proxy.log)
-        result = await settled(engine, source, lambda r: r is not None and r.digest != old.digest)
+        result = await settled(engine, source, moving.moved)
         after = engine.cached(source)
 
     assert fresh is not None and fresh[1] == TTL * 0.75  # reused until the refresh is due
@@ -99,59 +119,32 @@ async def test_a_tag_past_its_lifetime_is_answered_while_one_recheck_picks_up_th
     )
 
 
-async def test_a_refresh_starts_before_the_lifetime_ends(
-    plain_registry: Registry,
-    basic_registry: Registry,
-    image_cache: str,
-    unique_repo: str,
-    fault_proxy: FaultProxyFactory,
-) -> None:
-    proxy, old, new, source = moved_tag_setup(
-        plain_registry, basic_registry, image_cache, unique_repo, fault_proxy
-    )
-    config = make_config(
-        basic_registry,
-        sources=[plain(proxy)],
-        docker_config=basic_registry.docker_config,
-        tagCacheSeconds=TTL,
-    )
-    async with open_engine(config, clock=(clock := Clock(0.0))) as engine:
-        await engine.backup(source, deadline=deadline())
-        images.push(plain_registry.backdoor_url, unique_repo, "v1", new)
+async def test_a_refresh_starts_before_the_lifetime_ends(moving: MovingTag) -> None:
+    async with open_engine(moving.config, clock=(clock := Clock(0.0))) as engine:
+        await engine.backup(moving.source, deadline=deadline())
+        moving.move()
         clock.now = TTL * 0.5
-        early = engine.cached(source)
+        early = engine.cached(moving.source)
         await asyncio.sleep(0.2)
         clock.now = TTL * 0.8  # the last quarter: used, so refreshed ahead
-        due = engine.cached(source)
-        result = await settled(engine, source, lambda r: r is not None and r.digest != old.digest)
+        due = engine.cached(moving.source)
+        result = await settled(engine, moving.source, moving.moved)
 
-    assert early is not None and early[0].digest == old.digest
-    assert due is not None and due[0].digest == old.digest and due[1] == TTL
-    assert result is not None and result.digest == new.digest
+    assert early is not None and early[0].digest == moving.old.digest
+    assert due is not None and due[0].digest == moving.old.digest and due[1] == TTL
+    assert result is not None
 
 
 async def test_an_unreachable_source_keeps_the_backup_one_lifetime_then_it_expires(
-    plain_registry: Registry,
-    basic_registry: Registry,
-    image_cache: str,
-    unique_repo: str,
-    fault_proxy: FaultProxyFactory,
+    moving: MovingTag,
 ) -> None:
-    proxy, old, _, source = moved_tag_setup(
-        plain_registry, basic_registry, image_cache, unique_repo, fault_proxy
-    )
-    config = make_config(
-        basic_registry,
-        sources=[plain(proxy)],
-        docker_config=basic_registry.docker_config,
-        tagCacheSeconds=TTL,
-    )
-    async with open_engine(config, clock=(clock := Clock(0.0))) as engine:
+    proxy, source = moving.source_proxy, moving.source
+    async with open_engine(moving.config, clock=(clock := Clock(0.0))) as engine:
         await engine.backup(source, deadline=deadline(5))
         proxy.add(status(503))  # the source is down
         clock.now = TTL
         engine.cached(source)
-        await settled(engine, source, lambda _: len(proxy.log) > 0 and not engine_busy(engine))
+        await settled(engine, source, lambda _: len(proxy.log) > 0 and not rechecking(engine))
         attempts = len(proxy.requests("HEAD", "/manifests/v1$"))
         during = engine.cached(source)  # too soon for another attempt
         clock.now = TTL * 2 - 0.001
@@ -159,105 +152,63 @@ async def test_an_unreachable_source_keeps_the_backup_one_lifetime_then_it_expir
         clock.now = TTL * 2
         gone = engine.cached(source)
 
-    assert during is not None and during[0].digest == old.digest
-    assert attempts >= 1 and not engine_busy(engine)
-    assert late is not None and late[0].digest == old.digest
+    assert during is not None and during[0].digest == moving.old.digest
+    assert attempts >= 1 and not rechecking(engine)
+    assert late is not None and late[0].digest == moving.old.digest
     assert gone is None
 
 
-def engine_busy(engine: CopyEngine) -> bool:
+def rechecking(engine: CopyEngine) -> bool:
     return bool(engine._rechecks._running)
 
 
 @pytest.mark.parametrize("refusal", [401, 404])
 async def test_a_source_that_refuses_the_recheck_ends_the_entry_at_once(
-    plain_registry: Registry,
-    basic_registry: Registry,
-    image_cache: str,
-    unique_repo: str,
-    fault_proxy: FaultProxyFactory,
-    refusal: int,
+    moving: MovingTag, refusal: int
 ) -> None:
-    proxy, _, _, source = moved_tag_setup(
-        plain_registry, basic_registry, image_cache, unique_repo, fault_proxy
-    )
-    config = make_config(
-        basic_registry,
-        sources=[plain(proxy)],
-        docker_config=basic_registry.docker_config,
-        tagCacheSeconds=TTL,
-    )
-    async with open_engine(config, clock=(clock := Clock(0.0))) as engine:
-        await engine.backup(source, deadline=deadline())
-        proxy.add(status(refusal, method="HEAD", path="/manifests/"))
+    async with open_engine(moving.config, clock=(clock := Clock(0.0))) as engine:
+        await engine.backup(moving.source, deadline=deadline())
+        moving.source_proxy.add(status(refusal, method="HEAD", path="/manifests/"))
         clock.now = TTL
-        assert engine.cached(source) is not None
-        await settled(engine, source, lambda r: r is None)
+        assert engine.cached(moving.source) is not None
+        await settled(engine, moving.source, lambda r: r is None)
 
 
 async def test_a_backup_gone_from_the_backup_registry_is_not_served_while_copied_again(
-    plain_registry: Registry,
-    basic_registry: Registry,
-    image_cache: str,
-    unique_repo: str,
-    fault_proxy: FaultProxyFactory,
+    moving: MovingTag,
 ) -> None:
-    proxy, old, _, source = moved_tag_setup(
-        plain_registry, basic_registry, image_cache, unique_repo, fault_proxy
-    )
-    target = fault_proxy(basic_registry)
-    config = make_config(
-        target,
-        sources=[plain(proxy)],
-        docker_config=target.docker_config,
-        tagCacheSeconds=TTL,
-    )
-    async with open_engine(config, clock=(clock := Clock(0.0))) as engine:
-        await engine.backup(source, deadline=deadline())
-        target.add(status(404, method="HEAD", path="/manifests/sha256-", times=1))  # deleted
-        proxy.add(delay(1.0, method="HEAD"))  # asking the source again is slow
+    async with open_engine(moving.config, clock=(clock := Clock(0.0))) as engine:
+        await engine.backup(moving.source, deadline=deadline())
+        moving.backup_proxy.add(status(404, method="HEAD", path="/manifests/sha256-", times=1))
+        moving.source_proxy.add(delay(1.0, method="HEAD"))  # asking the source again is slow
         clock.now = TTL
-        assert engine.cached(source) is not None
-        await settled(engine, source, lambda r: r is None)  # forgotten before the copy lands
-        again = await settled(engine, source, lambda r: r is not None)
+        assert engine.cached(moving.source) is not None
+        await settled(engine, moving.source, lambda r: r is None)  # forgotten at once
+        again = await settled(engine, moving.source, lambda r: r is not None)
 
-    assert again is not None and again.digest == old.digest
+    assert again is not None and again.digest == moving.old.digest
 
 
 async def test_an_admission_past_the_lifetime_gets_its_answer_without_a_registry(
-    plain_registry: Registry,
-    basic_registry: Registry,
-    image_cache: str,
-    unique_repo: str,
-    fault_proxy: FaultProxyFactory,
+    moving: MovingTag,
 ) -> None:
-    source_proxy, old, new, source = moved_tag_setup(
-        plain_registry, basic_registry, image_cache, unique_repo, fault_proxy
-    )
-    target = fault_proxy(basic_registry)
-    config = make_config(
-        target,
-        sources=[plain(source_proxy)],
-        docker_config=target.docker_config,
-        tagCacheSeconds=TTL,
-    )
     first, second, third = (sample("pod-create-bare") for _ in range(3))
     for n, review in enumerate((first, second, third)):  # distinct answers, none reused
         container = review["request"]["object"]["spec"]["containers"][0]
-        container["image"], container["name"] = str(source), f"app-{n}"
-    async with open_engine(config, clock=(clock := Clock(0.0))) as engine:
-        webhook = Admission(engine, config, Metrics())
+        container["image"], container["name"] = str(moving.source), f"app-{n}"
+    async with open_engine(moving.config, clock=(clock := Clock(0.0))) as engine:
+        webhook = Admission(engine, moving.config, Metrics())
         await webhook.review(body(first), "enforce")  # backs it up
-        images.push(plain_registry.backdoor_url, unique_repo, "v1", new)
-        for proxy in (source_proxy, target):
+        moving.move()
+        for proxy in (moving.source_proxy, moving.backup_proxy):
             proxy.clear_log()
             proxy.add(delay(1.0))  # a request to either registry takes a second
         clock.now = TTL
         at_expiry = response_of(await webhook.review(body(second), "enforce"), second)
-        asked_meanwhile = source_proxy.log + target.log
-        await settled(engine, source, lambda r: r is not None and r.digest == new.digest)
+        asked_meanwhile = moving.source_proxy.log + moving.backup_proxy.log
+        await settled(engine, moving.source, moving.moved)
         later = response_of(await webhook.review(body(third), "enforce"), third)
 
     assert asked_meanwhile == []
-    assert images_of(patched(second, at_expiry)["spec"])["app-1"].endswith(old.digest)
-    assert images_of(patched(third, later)["spec"])["app-2"].endswith(new.digest)
+    assert images_of(patched(second, at_expiry)["spec"])["app-1"].endswith(moving.old.digest)
+    assert images_of(patched(third, later)["spec"])["app-2"].endswith(moving.new.digest)
