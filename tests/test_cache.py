@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from webhook.registry.cache import ExpiringCache
+from webhook.registry.cache import ExpiringCache, footprint
+from webhook.registry.client import Repository
 
 
 class Clock:
@@ -69,3 +70,18 @@ def test_an_expired_entry_is_dropped_with_its_weight() -> None:
 def test_max_bytes_needs_weigh() -> None:
     with pytest.raises(ValueError):
         ExpiringCache(10, max_bytes=10)
+
+
+def test_footprint_grows_with_what_a_value_holds() -> None:
+    small = footprint(Repository("r.example", "a"))
+    assert footprint(Repository("r.example", "a" * 1_000)) > small + 900
+    assert footprint(("k", [Repository("r.example", "a")] * 3)) > 3 * small
+    assert footprint({"k": "v" * 500}) > 500
+
+
+def test_discard_drops_an_entry_and_its_weight() -> None:
+    cache: ExpiringCache[str, str] = ExpiringCache(10, max_bytes=100, weigh=_weigh)
+    cache.put("a", "1", None)
+    cache.discard("a")
+    cache.discard("missing")
+    assert cache.get("a") is None and cache.weight == 0

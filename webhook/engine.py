@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from .config import Config
@@ -20,15 +21,26 @@ def configured_credentials(config: Config) -> DockerConfig:
 
 @asynccontextmanager
 async def open_engine(
-    config: Config, progress: Progress | None = None, coordinator: Coordinator | None = None
+    config: Config,
+    progress: Progress | None = None,
+    coordinator: Coordinator | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[CopyEngine]:
+    """`clock` times the lifetimes of remembered results."""
     settings = config.copy_settings
     async with Transport(config.endpoints(), configured_credentials(config)) as transport:
-        yield CopyEngine(
+        engine = CopyEngine(
             RegistryClient(transport),
             config.backup_registry.scheme(),
             concurrency=settings.concurrency,
             tag_ttl=settings.tag_cache_seconds,
+            timeout=settings.timeout_seconds,
             progress=progress,
             coordinator=coordinator,
+            clock=clock,
         )
+        try:
+            yield engine
+        finally:
+            await engine.close()

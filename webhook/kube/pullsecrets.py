@@ -19,7 +19,7 @@ from collections.abc import Callable
 from kubernetes import client
 
 from ..events import event_message
-from ..registry.cache import ExpiringCache
+from ..registry.cache import ExpiringCache, footprint
 from ..registry.credentials import CredentialsError, DockerConfig
 from ..registry.flight import SingleFlight
 from .client import KubeError, translated
@@ -35,6 +35,9 @@ FORBIDDEN_PAUSE = 600.0  # after a 403, use only the configured login for this l
 # Per read: an admission waits for these the first time a workload identity is seen, and a
 # slow API server must not use up its budget (it then gets the configured login).
 READ_TIMEOUT_SECONDS = 5.0
+# Workload identities remembered: a pull secret may hold any number of logins of any size.
+MAX_IDENTITIES = 4096
+CREDENTIAL_CACHE_BYTES = 16 << 20
 
 Identity = tuple[str, str, tuple[str, ...]]  # namespace, ServiceAccount, imagePullSecrets
 
@@ -55,7 +58,7 @@ class PullCredentials:
         self._clock = clock
         # Unused identities are forgotten after ten lifetimes; then a request waits again.
         self._known: ExpiringCache[Identity, tuple[DockerConfig, float]] = ExpiringCache(
-            4096, clock
+            MAX_IDENTITIES, clock, max_bytes=CREDENTIAL_CACHE_BYTES, weigh=footprint
         )
         self._reads: SingleFlight[Identity, DockerConfig] = SingleFlight()
         self._forbidden_until = -float("inf")
@@ -74,11 +77,8 @@ class PullCredentials:
             keyring, read_at = known[0]
             if now - read_at < self._ttl:
                 return keyring, read_at + self._ttl
-            if identity not in self._reads:
-                task = asyncio.ensure_future(
-                    self._reads.run(identity, lambda: self._read(identity))
-                )
-                task.add_done_callback(_ignore_result)
+            # A failed refresh keeps the stale credentials; _read logged why.
+            self._reads.start(identity, lambda: self._read(identity))
             return keyring, now  # stale: good for this answer, not for remembering it
         keyring = await self._reads.run(identity, lambda: self._read(identity))
         return keyring, now + self._ttl
@@ -162,8 +162,3 @@ class PullCredentials:
             problem = str(exc) if isinstance(exc, CredentialsError) else f"{where}: not base64"
             log.warning(event_message("pull_secret_unusable", error=problem))
             return DockerConfig()
-
-
-def _ignore_result(task: asyncio.Future[DockerConfig]) -> None:
-    if not task.cancelled():
-        task.exception()  # a failed refresh keeps the stale credentials; _read logged why

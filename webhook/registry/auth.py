@@ -20,11 +20,16 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from .cache import ExpiringCache, footprint
 from .credentials import Credential
 from .errors import Unauthorized
 
 DEFAULT_TOKEN_LIFETIME = 60.0  # seconds, per the token spec when expires_in is absent
 CLIENT_ID = "image-backup-webhook"
+# Tokens kept per registry: one per scope (repository) and credential. A token server's
+# answer may be of any size, so the bound is in bytes too.
+MAX_TOKENS = 1024
+TOKEN_CACHE_BYTES = 4 << 20
 
 
 @dataclass(slots=True)
@@ -62,12 +67,6 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme.lower(), params)
 
 
-@dataclass(slots=True)
-class _Token:
-    value: str
-    expires: float
-
-
 class RegistryAuth:
     """Authentication state for one registry: the scheme it asked for, and tokens by scope
     and by the credential they were issued for (a token earned with one workload's pull
@@ -79,9 +78,10 @@ class RegistryAuth:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._token_file = token_file
-        self._clock = clock
         self._basic = False  # the registry challenged Basic: send it up front from now on
-        self._tokens: dict[tuple[tuple[str, ...], Credential | None], _Token] = {}
+        self._tokens: ExpiringCache[tuple[tuple[str, ...], Credential | None], str] = ExpiringCache(
+            MAX_TOKENS, clock, max_bytes=TOKEN_CACHE_BYTES, weigh=footprint
+        )
 
     def flow(
         self, request: Request, credential: Credential | None, scopes: Sequence[str]
@@ -106,7 +106,7 @@ class RegistryAuth:
             return
         # Bearer: fetch a token for exactly our scopes (a cached one has been refused
         # if we get here with it, so this is also the one refresh on 401).
-        self._tokens.pop((scope_key, credential), None)
+        self._tokens.discard((scope_key, credential))
         token_response = yield _token_request(challenge, credential, scope_key)
         token = self._store_token(token_response, scope_key, credential)
         request.headers["Authorization"] = f"Bearer {token}"
@@ -126,8 +126,8 @@ class RegistryAuth:
         if credential is not None and credential.registry_token:
             return f"Bearer {credential.registry_token}"
         token = self._tokens.get((scope_key, credential))
-        if token is not None and self._clock() < token.expires:
-            return f"Bearer {token.value}"
+        if token is not None:
+            return f"Bearer {token[0]}"
         if self._basic:
             return _basic_header(credential)
         return None
@@ -152,7 +152,7 @@ class RegistryAuth:
             raise Unauthorized(f"the token service gave no token for {scopes}")
         # Renew a little early so a token does not expire between check and use.
         margin = min(10.0, lifetime / 10)
-        self._tokens[scope_key, credential] = _Token(value, self._clock() + lifetime - margin)
+        self._tokens.put((scope_key, credential), value, lifetime - margin)
         return value
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -9,6 +11,21 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+def footprint(*objects: object) -> int:
+    """Roughly the bytes `objects` hold, walking tuples, lists, dicts and dataclasses; a
+    `weigh` for any cache. An object reached twice counts twice: it bounds, not accounts."""
+    total = 0
+    for value in objects:
+        total += sys.getsizeof(value)
+        if isinstance(value, tuple | list | set | frozenset):
+            total += footprint(*value)
+        elif isinstance(value, dict):
+            total += footprint(*value.keys(), *value.values())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            total += footprint(*(getattr(value, f.name) for f in dataclasses.fields(value)))
+    return total
 
 
 class ExpiringCache(Generic[K, V]):
@@ -47,7 +64,7 @@ class ExpiringCache(Generic[K, V]):
     def put(self, key: K, value: V, ttl: float | None) -> None:
         expires = None if ttl is None else self._clock() + ttl
         weight = self._weigh(key, value) if self._weigh is not None else 0
-        self._drop(key)
+        self.discard(key)
         if self._max_bytes is not None and weight > self._max_bytes:
             return
         self._entries[key] = (value, expires, weight)
@@ -65,12 +82,12 @@ class ExpiringCache(Generic[K, V]):
             return None
         expires = entry[1]
         if expires is not None and self._clock() >= expires:
-            self._drop(key)
+            self.discard(key)
             return None
         self._entries.move_to_end(key)
         return entry[0], expires
 
-    def _drop(self, key: K) -> None:
+    def discard(self, key: K) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= entry[2]

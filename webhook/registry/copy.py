@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import suppress
@@ -19,20 +21,41 @@ from typing import Any, NoReturn, Protocol
 
 from yarl import URL
 
+from ..events import event_message
 from ..naming import Scheme
 from ..reference import Reference
-from .cache import ExpiringCache
+from ..text import one_line
+from .cache import ExpiringCache, footprint
 from .client import RegistryClient, Repository, anchor_tag, reading_blob
 from .credentials import Credential, DockerConfig
-from .errors import CorruptTransfer, Operation, RegistryError, UnsupportedManifest
+from .errors import (
+    CorruptTransfer,
+    DeadlineExceeded,
+    Operation,
+    RegistryError,
+    TransientError,
+    UnsupportedManifest,
+)
 from .flight import SingleFlight
 from .known import KnownBlobs
 from .media import IMAGE_CONFIG_TYPES, Descriptor, Manifest, platform_of_config
 from .retry import retrying
 
+log = logging.getLogger("image_backup.copy")
+
 # Why an admission cannot use a backup yet: its copy outlasted the wait, here or elsewhere.
 STILL_COPYING = "still copying into the backup registry, retry shortly"
 MAX_CONFIG_BYTES = 1 << 20
+# A tag's remembered backup is re-checked in the background once this share of its
+# lifetime is left, and again as often after a check that could not reach a registry.
+REFRESH_SHARE = 0.25
+# Past its lifetime (a re-check still going or failing), a backup is served one more
+# lifetime at most, and an answer made from it is reused for this long at most, so that
+# the re-check's outcome is seen soon after it lands.
+STALE_ANSWER_SECONDS = 1.0
+RESULT_CACHE_BYTES = 32 << 20  # about 10,000 results of ordinary names
+
+ResultKey = tuple[Reference, Repository, str | None, Credential | None]
 
 
 class Progress(Protocol):
@@ -116,6 +139,16 @@ class _Tree:
     stats: CopyStats
 
 
+@dataclass(slots=True)
+class _Remembered:
+    """A backup found or made, and when to ask the registries about it again."""
+
+    result: CopyResult
+    refresh_at: float  # from then on, a use starts a re-check in the background
+    fresh_until: float  # past it, served only until the cache drops it (one more lifetime)
+    retry_at: float  # no re-check starts before then (one just failed)
+
+
 class CopyEngine:
     def __init__(
         self,
@@ -124,28 +157,39 @@ class CopyEngine:
         *,
         concurrency: int = 8,
         tag_ttl: float = 60.0,
+        timeout: float = 600.0,
         cache_entries: int = 10_000,
+        cache_bytes: int = RESULT_CACHE_BYTES,
         progress: Progress | None = None,
         coordinator: Coordinator | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`timeout`: for the re-checks (and the copies they start) nobody waits on."""
         self._client = client
         self._coordinator = coordinator
         self._scheme = scheme
         self._slots = asyncio.Semaphore(concurrency)
         self._tag_ttl = tag_ttl
+        self._timeout = timeout
         self._progress = progress
+        self._clock = clock
         self._known = KnownBlobs()
         self._trees: SingleFlight[tuple[str, Repository], _Tree] = SingleFlight()
         self._blobs: SingleFlight[tuple[str, Repository], BlobOutcome] = SingleFlight()
+        self._rechecks: SingleFlight[ResultKey, None] = SingleFlight()
         # Results are remembered per source credential: a workload is only answered from
         # memory with a backup whose source its own pull credentials were shown to read.
-        self._results: ExpiringCache[
-            tuple[Reference, Repository, str | None, Credential | None], CopyResult
-        ] = ExpiringCache(cache_entries)
+        self._results: ExpiringCache[ResultKey, _Remembered] = ExpiringCache(
+            cache_entries, clock, max_bytes=cache_bytes, weigh=footprint
+        )
 
     @property
     def scheme(self) -> Scheme:
         return self._scheme
+
+    async def close(self) -> None:
+        """Stop the re-checks still running."""
+        await self._rechecks.close()
 
     def know_blobs(self, repo: Repository, digests: Iterable[str]) -> None:
         """Blobs `repo` holds (from records of earlier copies), to mount rather than upload."""
@@ -162,12 +206,29 @@ class CopyEngine:
         target: Repository | None = None,
         keyring: DockerConfig | None = None,
     ) -> tuple[CopyResult, float | None] | None:
-        """A fresh cached backup of `source` and until when it may be trusted (None: for good).
+        """A cached backup of `source` and until when an answer made from it may be reused
+        without asking again (None: for good).
 
-        No I/O: this is the admission hot path. `target` saves working out the
+        No I/O and no waiting: this is the admission hot path. A tag's backup near or past
+        the end of its lifetime is still answered while one re-check runs in the background
+        (started here, on the event loop); see `_recheck`. `target` saves working out the
         backup name again when the caller knows it.
         """
-        return self._results.get(self._result_key(source, target, source.tag, keyring))
+        key = self._result_key(source, target, source.tag, keyring)
+        hit = self._results.get(key)
+        if hit is None:
+            return None
+        entry, gone_at = hit
+        if gone_at is None:  # a digest's backup: it cannot change
+            return entry.result, None
+        now = self._clock()
+        if now < entry.refresh_at:
+            return entry.result, entry.refresh_at
+        if now >= entry.retry_at:
+            self._rechecks.start(key, lambda: self._recheck(key, entry, keyring))
+        if now < entry.fresh_until:
+            return entry.result, entry.fresh_until
+        return entry.result, min(now + STALE_ANSWER_SECONDS, gone_at)
 
     def _result_key(
         self,
@@ -175,9 +236,50 @@ class CopyEngine:
         target: Repository | None,
         tag: str | None,
         keyring: DockerConfig | None,
-    ) -> tuple[Reference, Repository, str | None, Credential | None]:
+    ) -> ResultKey:
         credential = self._client.credential(_repo(source), keyring)
         return (source, target or self.target_for(source), tag, credential)
+
+    async def _recheck(
+        self, key: ResultKey, entry: _Remembered, keyring: DockerConfig | None
+    ) -> None:
+        """Ask the registries again about a remembered backup, as `copy` would, while
+        admissions go on being answered with it.
+
+        A backup the backup registry no longer holds is forgotten at once; a tag that moved
+        is backed up anew and its entry replaced once that is done. If the source refuses
+        (credentials, a tag gone, an image that cannot be backed up), the entry is
+        forgotten and the next admission asks for itself. If a registry cannot be reached,
+        the backup goes on being served until its entry ends (one lifetime past its own)
+        and the re-check is tried again a quarter lifetime later.
+        """
+        source, target, tag, _ = key
+        deadline = time.monotonic() + self._timeout
+        try:
+            if not await self._holds(target, entry.result.digest, deadline):
+                self._forget(key, entry)
+            await self._copy_anew(key, source, target, tag, deadline, keyring)
+        except (TransientError, DeadlineExceeded) as exc:
+            entry.retry_at = self._clock() + self._tag_ttl * REFRESH_SHARE
+            consequence = "serving the last backup while it lasts, trying again later"
+            self._recheck_failed(source, exc, consequence)
+        except Exception as exc:
+            self._forget(key, entry)
+            self._recheck_failed(source, exc, "forgotten: the next admission asks itself")
+
+    def _forget(self, key: ResultKey, entry: _Remembered) -> None:
+        hit = self._results.get(key)
+        if hit is not None and hit[0] is entry:
+            self._results.discard(key)
+
+    @staticmethod
+    def _recheck_failed(source: Reference, exc: Exception, consequence: str) -> None:
+        error = one_line(exc) if isinstance(exc, RegistryError) else type(exc).__name__
+        log.warning(
+            event_message(
+                "backup_recheck_failed", image=str(source), error=error, consequence=consequence
+            )
+        )
 
     async def backup_registry_answers(self, *, deadline: float) -> bool:
         return await self._client.answers(self.scheme.host, deadline=deadline)
@@ -227,14 +329,25 @@ class CopyEngine:
         source with `keyring`'s credentials (default: the configured ones)."""
         key = self._result_key(source, target, tag, keyring)
         hit = self._results.get(key)
-        if hit is not None:
-            return hit[0]
-        # A stale or missing entry: ask the registries again rather than trust memory. Each
-        # caller resolves for itself, so joining another's copy needs read access too.
+        if hit is not None and self._clock() < hit[0].fresh_until:
+            return hit[0].result
+        # Past its lifetime or missing: ask the registries again rather than trust memory.
+        return await self._copy_anew(key, source, target, tag, deadline, keyring)
+
+    async def _copy_anew(
+        self,
+        key: ResultKey,
+        source: Reference,
+        target: Repository,
+        tag: str | None,
+        deadline: float,
+        keyring: DockerConfig | None,
+    ) -> CopyResult:
+        # Each caller resolves for itself, so joining another's copy needs read access too.
         digest = await self.resolve(source, deadline=deadline, keyring=keyring)
         if not digest.startswith("sha256:"):
             # Registries address content by sha256; anchor tags could not hold longer digests.
-            raise UnsupportedManifest(f"{source}: only sha256 digests can be backed up")
+            raise UnsupportedManifest("only sha256 digests can be backed up")
         backup = Reference(target.host, target.path, tag, digest)
         tree = await self._trees.run(
             (digest, target), lambda: self._copy_tree(source, backup, deadline, keyring)
@@ -242,9 +355,17 @@ class CopyEngine:
         if tag:
             await self._ensure_tag(target, tag, digest, tree.manifest, deadline)
         result = CopyResult(source, backup, tree.stats, already_backed_up=tree.manifest is None)
-        ttl = None if source.digest else self._tag_ttl
-        self._results.put(key, replace(result, from_cache=True), ttl=ttl)
+        self._remember(key, replace(result, from_cache=True), digest_only=bool(source.digest))
         return result
+
+    def _remember(self, key: ResultKey, result: CopyResult, *, digest_only: bool) -> None:
+        if digest_only:
+            self._results.put(key, _Remembered(result, math.inf, math.inf, math.inf), None)
+            return
+        now, ttl = self._clock(), self._tag_ttl
+        refresh_at = now + ttl * (1 - REFRESH_SHARE)
+        entry = _Remembered(result, refresh_at, now + ttl, refresh_at)
+        self._results.put(key, entry, 2 * ttl)
 
     async def _copy_tree(
         self,

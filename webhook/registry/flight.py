@@ -25,12 +25,24 @@ class SingleFlight(Generic[K, V]):
         return key in self._running
 
     async def run(self, key: K, work: Callable[[], Awaitable[V]]) -> V:
+        return await asyncio.shield(self.start(key, work))
+
+    def start(self, key: K, work: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
+        """The run for `key`, started now unless one is going; for work nobody waits on,
+        call it on the event loop and let the task be (this holds it until it ends)."""
         task = self._running.get(key)
         if task is None:
             task = asyncio.ensure_future(work())
             self._running[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(task)
+        return task
+
+    async def close(self) -> None:
+        """Cancel every run still going and wait for them to end."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _finished(self, key: K, task: asyncio.Task[V]) -> None:
         if self._running.get(key) is task:

@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
+from .cache import ExpiringCache, footprint
 from .client import Repository
 
 MAX_PLACES = 4  # a few recent repositories per blob are plenty to mount from
+MAX_DIGESTS = 200_000
+KNOWN_BLOBS_BYTES = 32 << 20
 
 
 class KnownBlobs:
-    """A bounded digest -> repositories index, most recently seen last."""
+    """A bounded digest -> repositories index, most recently seen last; bounded in bytes
+    too, as repository names come from workloads and may be long."""
 
-    def __init__(self, max_digests: int = 200_000) -> None:
-        self._places: OrderedDict[str, list[Repository]] = OrderedDict()
-        self._max_digests = max_digests
+    def __init__(self, max_digests: int = MAX_DIGESTS, max_bytes: int = KNOWN_BLOBS_BYTES) -> None:
+        self._places: ExpiringCache[str, tuple[Repository, ...]] = ExpiringCache(
+            max_digests, max_bytes=max_bytes, weigh=footprint
+        )
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+    @property
+    def weight(self) -> int:
+        return self._places.weight
 
     def add(self, repo: Repository, digest: str) -> None:
-        places = self._places.setdefault(digest, [])
-        if repo in places:
-            places.remove(repo)
-        places.append(repo)
-        del places[:-MAX_PLACES]
-        self._places.move_to_end(digest)
-        while len(self._places) > self._max_digests:
-            self._places.popitem(last=False)
+        known = self._places.get(digest)
+        places = tuple(place for place in known[0] if place != repo) if known else ()
+        self._places.put(digest, (*places, repo)[-MAX_PLACES:], None)
 
     def mount_source(self, digest: str, into: Repository) -> Repository | None:
         """Another repository on the same registry that holds `digest`, if one is known."""
-        for repo in reversed(self._places.get(digest, ())):
+        known = self._places.get(digest)
+        for repo in reversed(known[0] if known else ()):
             if repo.host == into.host and repo.path != into.path:
                 return repo
         return None
