@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.admission_helpers import patched, sample
+from tests.admission_helpers import body, patched, sample
+from tests.support.strategies import hostile_bodies, unreadable_text
 from webhook import config as config_module
 from webhook.admission.errors import BadReview
 from webhook.admission.handler import Admission
@@ -57,6 +58,7 @@ pod_specs = st.fixed_dictionaries(
     },
 )
 MODES = st.sampled_from(["enforce", "audit"])
+REVIEWS = st.sampled_from(["deployment-create", "pod-create-bare", "cronjob-create"]).map(sample)
 
 
 @dataclass
@@ -191,3 +193,45 @@ def test_arbitrary_objects_in_valid_reviews(
     if "patch" in response:
         after = patched(review, response)  # the patch applies to the object it was made for
         assert after["kind"] == name
+
+
+def test_a_type_error_then_a_body_cut_short_is_400(webhook: Webhook) -> None:
+    """The type error sends the reviewer to read the envelope alone, which meets the cut."""
+    review = sample("pod-create-bare")
+    review["request"]["object"]["metadata"]["name"] = 5
+    outcome = review_sync(webhook, body(review)[:-10], "enforce")
+    assert isinstance(outcome, BadReview)
+    assert (outcome.status, outcome.reason) == (
+        400,
+        "body is not valid JSON: Input data was truncated",
+    )
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_nesting_deeper_than_the_decoder_follows_is_400(webhook: Webhook, depth: int) -> None:
+    payload = b'{"request":' * depth + b"{}" + b"}" * depth
+    outcome = review_sync(webhook, payload, "enforce")
+    assert isinstance(outcome, BadReview)
+    assert (outcome.status, outcome.reason) == (400, "body is nested too deeply to read")
+
+
+HOSTILE = settings(FUZZ, max_examples=1000)
+
+
+@HOSTILE
+@given(payload=hostile_bodies(REVIEWS), mode=MODES)
+def test_hostile_bodies_get_an_answer_or_a_4xx(webhook: Webhook, payload: bytes, mode: str) -> None:
+    """Deep nesting, a type error before a syntax error, text that is not JSON: the
+    reviewer answers or refuses with a 4xx and one line; nothing else escapes."""
+    assert_valid(review_sync(webhook, payload, mode))
+
+
+@FUZZ
+@given(payload=unreadable_text(REVIEWS), mode=MODES)
+def test_text_that_is_not_json_is_refused_wherever_it_is(
+    webhook: Webhook, payload: bytes, mode: str
+) -> None:
+    """Invalid UTF-8, a lone surrogate escape, NaN or Infinity: 400, even in a field the
+    reviewer does not read."""
+    outcome = review_sync(webhook, payload, mode)
+    assert isinstance(outcome, BadReview) and outcome.status == 400, outcome

@@ -1,7 +1,13 @@
-"""Hypothesis strategies for valid image-reference parts, shared by the property tests."""
+"""Hypothesis strategies shared by the property tests: valid image-reference parts, and
+hostile AdmissionReview bodies (the kinds of input that once escaped the reviewer)."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
 from hypothesis import strategies as st
 
 ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -43,3 +49,114 @@ digests = st.one_of(
     st.binary(min_size=32, max_size=32).map(lambda raw: f"sha256:{raw.hex()}"),
     st.binary(min_size=64, max_size=64).map(lambda raw: f"sha512:{raw.hex()}"),
 )
+
+
+# Hostile bodies. Each starts from a real review and breaks it one way; `reviews` draws the
+# review (a JSON object) to break.
+
+# Fields the reviewer decodes with a type (webhook/admission/objects.py and review.py): a
+# value of the wrong type there is a type error, elsewhere it is skipped.
+TYPED_FIELDS = frozenset(
+    {
+        "apiVersion", "kind", "request", "uid", "group", "operation", "subResource",
+        "namespace", "name", "dryRun", "object", "metadata", "generateName", "annotations",
+        "ownerReferences", "controller", "spec", "template", "jobTemplate", "containers",
+        "initContainers", "ephemeralContainers", "image", "imagePullSecrets",
+        "serviceAccountName", "serviceAccount",
+    }
+)  # fmt: skip
+MARKER = "hypothesis-marker-7c1e"
+WRONG_TYPES = st.sampled_from([5, -1.5, True, [], ["x"], {}, {"x": 1}, "text"])
+# Not UTF-8: a stray continuation byte, an overlong "/", an encoded surrogate (CESU-8),
+# a sequence cut short, bytes that never occur.
+INVALID_UTF8 = st.sampled_from([b"\x80", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xff"])
+LONE_SURROGATES = st.sampled_from([b"\\ud800", b"\\udfff", b"\\ud800\\u0041", b"\\udc00\\ud800"])
+NON_FINITE = st.sampled_from([b"NaN", b"Infinity", b"-Infinity"])
+# What opens one level, and what closes it.
+NESTING = st.sampled_from(
+    [(b'{"request":', b"}"), (b"[", b"]"), (b'{"object":', b"}"), (b'{"a":[', b"]}")]
+)
+
+
+def _places(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
+    """Every path to a value inside `value`."""
+    if isinstance(value, dict):
+        items: list[tuple[str | int, Any]] = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    else:
+        return
+    for key, inner in items:
+        yield (*path, key)
+        yield from _places(inner, (*path, key))
+
+
+def _replaced(document: Any, path: tuple[str | int, ...], value: Any) -> Any:
+    changed = copy.deepcopy(document)
+    node = changed
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return changed
+
+
+@st.composite
+def _marked(draw: st.DrawFn, reviews: st.SearchStrategy[Any], *, typed: bool) -> bytes:
+    """A review encoded with MARKER (a JSON string) where one value was; `typed`: only a
+    value of a field the reviewer reads with a type."""
+    review = draw(reviews)
+    places = [
+        path
+        for path in _places(review)
+        if not typed or (isinstance(path[-1], str) and path[-1] in TYPED_FIELDS)
+    ]
+    path = draw(st.sampled_from(places))
+    return orjson.dumps(_replaced(review, path, MARKER))
+
+
+@st.composite
+def type_error_then_broken(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> bytes:
+    """A field of the wrong type, and after it the body cut short or a syntax error."""
+    body = draw(_marked(reviews, typed=True))
+    wrong = orjson.dumps(draw(WRONG_TYPES))
+    start = body.index(orjson.dumps(MARKER))
+    body = body.replace(orjson.dumps(MARKER), wrong, 1)
+    cut = draw(st.integers(min_value=start + len(wrong), max_value=len(body) - 1))
+    breaking = draw(
+        st.sampled_from([b""]) | INVALID_UTF8 | NON_FINITE | LONE_SURROGATES.map(b'"'.__add__)
+    )
+    if not breaking:
+        return body[:cut]
+    return body[:cut] + breaking + body[cut:]
+
+
+@st.composite
+def deeply_nested(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> bytes:
+    """A value nested up to thousands of levels deep, in place of one value of a review
+    (or as the whole body), closed or cut off."""
+    opener, closer = draw(NESTING)
+    depth = draw(st.integers(min_value=1, max_value=5000))
+    nested = opener * depth + b"1" + (closer * depth if draw(st.booleans()) else b"")
+    if draw(st.booleans()):
+        return nested
+    return draw(_marked(reviews, typed=False)).replace(orjson.dumps(MARKER), nested, 1)
+
+
+@st.composite
+def unreadable_text(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> bytes:
+    """A review whose text is not JSON: bytes that are not UTF-8, a lone surrogate escape,
+    or NaN or Infinity, in place of one value or inside a string anywhere."""
+    body = draw(_marked(reviews, typed=False))
+    kind = draw(st.sampled_from(["utf-8", "surrogate", "non-finite"]))
+    if kind == "utf-8":
+        start = body.index(orjson.dumps(MARKER)) + 1  # inside the string
+        return body[:start] + draw(INVALID_UTF8) + body[start:]
+    if kind == "surrogate":
+        return body.replace(MARKER.encode(), draw(LONE_SURROGATES), 1)
+    return body.replace(orjson.dumps(MARKER), draw(NON_FINITE), 1)
+
+
+def hostile_bodies(reviews: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
+    return st.one_of(
+        type_error_then_broken(reviews), deeply_nested(reviews), unreadable_text(reviews)
+    )
