@@ -8,6 +8,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,7 +30,10 @@ from webhook.admission.errors import BadReview
 from webhook.admission.handler import Admission
 from webhook.config import Config
 from webhook.engine import open_engine
+from webhook.events import EventLog
 from webhook.metrics import Metrics
+from webhook.reference import MAX_REFERENCE_LENGTH
+from webhook.text import quoted
 
 ORIGINALS = "image-backup.io/original-images"
 
@@ -417,3 +421,65 @@ async def test_a_remembered_answer_expires_with_the_tag_it_was_built_on(
     assert remembered["patch"] == first["patch"]
     assert images_of(pod_spec(patched(later, revalidated)))["main"].endswith(moving.digest)
     assert "image_backup_cache_hits_total 1.0" in metrics.render()[0].decode()
+
+
+async def test_long_values_from_the_workload_are_quoted_short_everywhere(
+    basic_registry: Registry, tmp_path: Path
+) -> None:
+    """A 100 KB image, a 5 KB container name, a 100 KB object name and uid: the denial, the
+    warnings and the log line quote each by its start and size, never whole."""
+    image, container = "A" * 100_000, "c" * 5_000
+    review = with_object(
+        sample("pod-create-bare"),
+        {
+            "kind": "Pod",
+            "metadata": {"name": "n" * 100_000},
+            "spec": {"containers": [{"name": container, "image": image}]},
+        },
+        uid="u" * 100_000,
+        name="n" * 100_000,
+    )
+    log_file = tmp_path / "events.log"
+    with log_file.open("wb") as log:
+        async with open_engine(make_config(basic_registry)) as engine:
+            webhook = Admission(
+                engine, make_config(basic_registry), Metrics(), EventLog(log.fileno())
+            )
+            denied = response_of(await webhook.review(body(review), "enforce"), review)
+            audited = response_of(await webhook.review(body(review), "audit"), review)
+            webhook.flush_records()
+
+    problem = (
+        f"{quoted(image)}: invalid image reference: reference is 100000 characters, longer"
+        f" than any valid one ({MAX_REFERENCE_LENGTH}: a 255-character name, a 128-character"
+        " tag and a digest)"
+    )
+    assert denied["allowed"] is False
+    assert denied["status"]["message"] == f"image-backup: 1 image could not be backed up: {problem}"
+    warning = f"could not back up {problem}"
+    assert audited["warnings"] == [warning[:254] + "…"]  # a warning is at most 255 characters
+    lines = log_file.read_bytes().splitlines()
+    assert len(lines) == 2 and all(len(line) < 1_000 for line in lines)
+    for line in map(orjson.loads, lines):
+        assert line["uid"] == quoted("u" * 100_000)
+        assert line["object"] == quoted("wh-test/" + "n" * 100_000)
+
+
+async def test_made_up_kinds_and_operations_are_counted_as_other(basic_registry: Registry) -> None:
+    """A client posting reviews directly cannot add a metric series per request."""
+    review = sample("deployment-create")
+    async with admission(make_config(basic_registry)) as (webhook, metrics):
+        for index in range(3):
+            made_up = with_object(
+                review,
+                {"kind": f"Kind{index}"},
+                kind={"group": "x", "version": "v1", "kind": f"Kind{index}"},
+                operation=f"OP{index}",
+            )
+            await webhook.review(body(made_up), "enforce")
+        page = metrics.render()[0].decode()
+    assert (
+        'image_backup_admissions_total{kind="other",mode="enforce",operation="other",'
+        'result="allowed"} 3.0' in page
+    )
+    assert "Kind0" not in page and "OP0" not in page

@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 from hypothesis import strategies as st
 
+from webhook.admission.pods import POD_SPEC_PATHS
+
 ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
 PATH_SEPARATORS = [".", "_", "__", "-", "--", "---"]
 
@@ -65,6 +67,9 @@ TYPED_FIELDS = frozenset(
         "serviceAccountName", "serviceAccount",
     }
 )  # fmt: skip
+# Fields whose values an answer kept in memory is keyed by (with annotations).
+KEPT_FIELDS = frozenset({"image", "name", "namespace", "serviceAccountName"})
+IMAGE_FIELD = frozenset({"image"})
 MARKER = "hypothesis-marker-7c1e"
 WRONG_TYPES = st.sampled_from([5, -1.5, True, [], ["x"], {}, {"x": 1}, "text"])
 # Not UTF-8: a stray continuation byte, an overlong "/", an encoded surrogate (CESU-8),
@@ -101,14 +106,16 @@ def _replaced(document: Any, path: tuple[str | int, ...], value: Any) -> Any:
 
 
 @st.composite
-def _marked(draw: st.DrawFn, reviews: st.SearchStrategy[Any], *, typed: bool) -> bytes:
-    """A review encoded with MARKER (a JSON string) where one value was; `typed`: only a
-    value of a field the reviewer reads with a type."""
+def _marked(
+    draw: st.DrawFn, reviews: st.SearchStrategy[Any], *, fields: frozenset[str] | None = None
+) -> bytes:
+    """A review encoded with MARKER (a JSON string) where one value was; with `fields`, the
+    value of one of these fields, or of an annotation."""
     review = draw(reviews)
     places = [
         path
         for path in _places(review)
-        if not typed or (isinstance(path[-1], str) and path[-1] in TYPED_FIELDS)
+        if fields is None or path[-1] in fields or (len(path) > 1 and path[-2] == "annotations")
     ]
     path = draw(st.sampled_from(places))
     return orjson.dumps(_replaced(review, path, MARKER))
@@ -117,7 +124,7 @@ def _marked(draw: st.DrawFn, reviews: st.SearchStrategy[Any], *, typed: bool) ->
 @st.composite
 def type_error_then_broken(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> bytes:
     """A field of the wrong type, and after it the body cut short or a syntax error."""
-    body = draw(_marked(reviews, typed=True))
+    body = draw(_marked(reviews, fields=TYPED_FIELDS))
     wrong = orjson.dumps(draw(WRONG_TYPES))
     start = body.index(orjson.dumps(MARKER))
     body = body.replace(orjson.dumps(MARKER), wrong, 1)
@@ -139,14 +146,14 @@ def deeply_nested(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> bytes:
     nested = opener * depth + b"1" + (closer * depth if draw(st.booleans()) else b"")
     if draw(st.booleans()):
         return nested
-    return draw(_marked(reviews, typed=False)).replace(orjson.dumps(MARKER), nested, 1)
+    return draw(_marked(reviews)).replace(orjson.dumps(MARKER), nested, 1)
 
 
 @st.composite
 def unreadable_text(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> bytes:
     """A review whose text is not JSON: bytes that are not UTF-8, a lone surrogate escape,
     or NaN or Infinity, in place of one value or inside a string anywhere."""
-    body = draw(_marked(reviews, typed=False))
+    body = draw(_marked(reviews))
     kind = draw(st.sampled_from(["utf-8", "surrogate", "non-finite"]))
     if kind == "utf-8":
         start = body.index(orjson.dumps(MARKER)) + 1  # inside the string
@@ -156,7 +163,96 @@ def unreadable_text(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> bytes:
     return body.replace(orjson.dumps(MARKER), draw(NON_FINITE), 1)
 
 
+@st.composite
+def long_values(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> bytes:
+    """A review with a string of up to 200 KB, each different, in a field an answer kept in
+    memory depends on: valid JSON, and costly if kept or repeated."""
+    # Half of them an image: the field most answers hinge on.
+    body = draw(_marked(reviews, fields=draw(st.sampled_from([IMAGE_FIELD, KEPT_FIELDS]))))
+    size = draw(st.integers(min_value=1_000, max_value=200_000))
+    start = draw(st.text(ALNUM, min_size=12, max_size=12))
+    return body.replace(MARKER.encode(), (start + "a" * size).encode(), 1)
+
+
 def hostile_bodies(reviews: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
     return st.one_of(
-        type_error_then_broken(reviews), deeply_nested(reviews), unreadable_text(reviews)
+        type_error_then_broken(reviews),
+        deeply_nested(reviews),
+        unreadable_text(reviews),
+        long_values(reviews),
     )
+
+
+# Reviews whose object is anything of the right kind: values of every JSON type where the
+# reviewer expects containers, images and annotations.
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+image_strings = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["nginx", "nginx:1.25", "Bad/Upper", "a@sha256:xyz", "", "127.0.0.1:1/backup/x"]
+    ),
+)
+containers = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={"name": st.text(max_size=8) | json_scalars, "image": image_strings | json_values},
+    )
+    | json_values,
+    max_size=4,
+)
+pod_specs = st.fixed_dictionaries(
+    {},
+    optional={
+        "containers": containers | json_values,
+        "initContainers": containers,
+        "ephemeralContainers": containers,
+    },
+)
+
+
+@st.composite
+def arbitrary_objects(draw: st.DrawFn, reviews: st.SearchStrategy[Any]) -> Any:
+    """A review (drawn from `reviews`) carrying an object of a kind the reviewer handles,
+    whose pod spec, metadata, operation and dry run are arbitrary."""
+    group, name = kind = draw(st.sampled_from(sorted(POD_SPEC_PATHS)))
+    metadata = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "annotations": json_values
+                | st.dictionaries(
+                    st.sampled_from(
+                        ["image-backup.io/original-images", "image-backup.io/skip", "x"]
+                    ),
+                    st.text(max_size=20),
+                )
+            },
+        )
+    )
+    obj: dict[str, Any] = {"kind": name, "metadata": metadata}
+    node = obj
+    path = POD_SPEC_PATHS[kind]
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = draw(pod_specs)
+    review = copy.deepcopy(draw(reviews))
+    review["request"].update(
+        kind={"group": group, "version": "v1", "kind": name},
+        object=obj,
+        operation=draw(st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT"])),
+        dryRun=draw(st.booleans()),
+    )
+    return review

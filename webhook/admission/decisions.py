@@ -12,9 +12,15 @@ import orjson
 
 from ..events import FLUSH_SECONDS, EventLog
 from ..metrics import Metrics
+from ..text import QUOTE_CHARACTERS, quoted
+from .pods import handles
 from .review import AdmissionRequest, AdmissionResponse, encode_response
 
 Mode = Literal["enforce", "audit"]
+# What the API server sends; anything else is counted as "other", so that a client posting
+# made-up kinds and operations cannot add a metric series per request.
+OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
+OTHER = "other"
 
 
 class BackupUses(Protocol):
@@ -63,11 +69,12 @@ class Summary:
 
     @classmethod
     def of(cls, request: AdmissionRequest, mode: Mode, decision: str, outcome: Outcome) -> Summary:
+        kind, operation = request.kind, request.operation
         fields: dict[str, Any] = {
             "event": "admission",
             "mode": mode,
-            "kind": request.kind,
-            "operation": request.operation,
+            "kind": quoted(kind),
+            "operation": quoted(operation),
             "images": outcome.counts,
             "decision": decision,
         }
@@ -80,7 +87,12 @@ class Summary:
         if outcome.failures:
             fields["failures"] = outcome.failures
         return cls(
-            (mode, request.kind, request.operation, decision),
+            (
+                mode,
+                kind if handles(request.group, kind) else OTHER,
+                operation if operation in OPERATIONS else OTHER,
+                decision,
+            ),
             request.namespace,
             tuple(outcome.counts.items()),
             outcome.cache_hits,
@@ -134,7 +146,9 @@ class Records:
         """
         # Only small values are kept until then: holding the parsed request would keep
         # every object of it alive into older garbage-collector generations.
-        record = (summary, uid, request.display_name, started, time.perf_counter())
+        if len(uid) > QUOTE_CHARACTERS:  # the answer must echo it whole; the log need not
+            uid = orjson.dumps(quoted(request.uid))
+        record = (summary, uid, quoted(request.display_name), started, time.perf_counter())
         if not self._unrecorded:
             try:
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)

@@ -18,7 +18,7 @@ from ..registry.client import Repository
 from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
 from ..registry.errors import RegistryError
-from ..text import one_line
+from ..text import one_line, quoted
 from .decisions import BackupUses, Decision, Mode, Outcome, Records
 from .notices import Notices, notify
 from .objects import ObjectMeta
@@ -46,6 +46,10 @@ SKIP_ANNOTATION = "image-backup.io/skip"
 # annotation "image-backup.io/would-back-up".
 WOULD_BACK_UP = "would-back-up"
 MAX_WARNING = 255
+# Answers kept: by count, and by bytes, since a workload's image names may be of any size.
+ANSWER_CACHE_ENTRIES = 4096
+ANSWER_CACHE_BYTES = 16 * 1024 * 1024
+_ENTRY_BYTES = 1024  # Python's own objects for one kept answer, roughly
 
 
 class Admission:
@@ -77,7 +81,9 @@ class Admission:
         self._background: set[asyncio.Task[CopyResult | None]] = set()
         # Controllers create Pod after Pod from one template: the same images, the same
         # answer. Keyed by everything the answer depends on besides the uid.
-        self._decisions: ExpiringCache[tuple[object, ...], Decision] = ExpiringCache(4096)
+        self._decisions: ExpiringCache[tuple[object, ...], Decision] = ExpiringCache(
+            ANSWER_CACHE_ENTRIES, max_bytes=ANSWER_CACHE_BYTES, weigh=_answer_weight
+        )
 
     def flush_records(self) -> None:
         """Count and log the admissions still pending (at shutdown)."""
@@ -269,7 +275,8 @@ class Admission:
         dry_run: bool,
         outcome: Outcome,
     ) -> None:
-        image, container = plan.field.image, plan.field.container
+        # Both come from the workload: any length.
+        image, container = quoted(plan.field.image), quoted(plan.field.container)
         if plan.action in (Action.EXCLUDED, Action.ALREADY_BACKED_UP):
             outcome.count(plan.action.value)
             return
@@ -332,11 +339,13 @@ class Admission:
                     else _unpinned(self._engine.target_for(plan.source), plan.source)
                 )
                 outcome.would_back_up.append(plan.field.image)
-                outcome.warnings.append(_warning(f"would back up {plan.field.image} as {target}"))
+                outcome.warnings.append(
+                    _warning(f"would back up {quoted(plan.field.image)} as {target}")
+                )
                 outcome.count("would_back_up")
             elif plan.action is Action.INVALID:
                 outcome.warnings.append(
-                    _warning(f"could not back up {plan.field.image}: {plan.problem}")
+                    _warning(f"could not back up {quoted(plan.field.image)}: {plan.problem}")
                 )
                 outcome.count("failed")
             else:
@@ -347,6 +356,27 @@ class Admission:
             else None
         )
         return AdmissionResponse(warnings=outcome.warnings or None, audit_annotations=annotations)
+
+
+def _answer_weight(key: tuple[object, ...], decision: Decision) -> int:
+    """About the bytes a kept answer holds: the strings of its key (image names, the
+    recorded annotation), its encoded answer and event line, and the objects around them."""
+    return (
+        _ENTRY_BYTES
+        + _text_size(key)
+        + len(decision.head)
+        + len(decision.tail)
+        + len(decision.summary.event_head)
+    )
+
+
+def _text_size(value: object) -> int:
+    """Characters in the strings of `value`, through nested tuples."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, tuple):
+        return sum(_text_size(item) for item in value)
+    return 0
 
 
 def _is_glob(pattern: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..kube.events import InvolvedObject
+from ..text import quoted
 from .decisions import Outcome
 from .review import AdmissionRequest, AdmissionResponse
 
@@ -55,5 +56,5 @@ def _involved(request: AdmissionRequest) -> tuple[InvolvedObject | None, str]:
                 owner.apiVersion, owner.kind, request.namespace, owner.name, owner.uid or ""
             )
             prefix = metadata.generateName if metadata is not None else None
-            return involved, f"{request.kind} {prefix or ''}*: "
+            return involved, f"{request.kind} {quoted(prefix or '')}*: "
     return None, ""

@@ -8,6 +8,9 @@ from typing import Any, NamedTuple
 from .objects import KubeObject, Spec
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+# Pointers are kept for lists up to this long: a pod has a few containers, while a hostile
+# body may list a million, whose pointers no cache should keep.
+CACHED_POINTERS = 64
 
 _TEMPLATE = ("spec", "template", "spec")
 # (API group, kind) -> fields from the object down to its pod spec.
@@ -65,14 +68,21 @@ def image_fields(group: str, kind: str, spec: Spec) -> list[ImageField]:
         containers = getattr(spec, list_name)
         if not containers:
             continue
-        pointers = _pointers(path, list_name, len(containers))
+        count = len(containers)
+        pointers = (
+            _cached_pointers(path, list_name, count)
+            if count <= CACHED_POINTERS
+            else _pointers(path, list_name, count)
+        )
         for index, container in enumerate(containers):
             if container.image:
                 fields.append(ImageField(pointers[index], container.name or "", container.image))
     return fields
 
 
-@lru_cache(maxsize=256)
 def _pointers(path: tuple[str, ...], list_name: str, count: int) -> tuple[str, ...]:
     base = "/" + "/".join(path)
     return tuple(f"{base}/{list_name}/{index}/image" for index in range(count))
+
+
+_cached_pointers = lru_cache(maxsize=256)(_pointers)

@@ -9,13 +9,13 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import msgspec
 import orjson
 
-from ..text import one_line
+from ..text import one_line, quoted
 from .errors import BadReview
 from .objects import KubeObject
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
-MAX_REASON = 200  # characters of a decoder's complaint quoted back
+MAX_REASON = 200  # characters of a decoder's complaint quoted back (text.quoted)
 OPERATIONS_WITH_OBJECT = frozenset({"CREATE", "UPDATE"})
 
 ObjectT = TypeVar("ObjectT")
@@ -96,11 +96,11 @@ def parse_review(body: bytes) -> AdmissionRequest:
     try:
         review: _Review[Any] = _decoded(_DECODE, body)
     except msgspec.ValidationError as exc:
-        unreadable = one_line(exc)[:MAX_REASON]
+        unreadable = _complaint(exc)
         try:
             review = _decoded(_DECODE_ENVELOPE, body)
         except msgspec.ValidationError as exc:
-            raise BadReview(400, f"not an AdmissionReview: {one_line(exc)[:MAX_REASON]}") from None
+            raise BadReview(400, f"not an AdmissionReview: {_complaint(exc)}") from None
     if review.apiVersion != API_VERSION or review.kind != KIND:
         raise BadReview(400, f"expected apiVersion {API_VERSION} and kind {KIND}")
     request = review.request
@@ -140,11 +140,16 @@ def _decoded(decoder: msgspec.json.Decoder[_Review[Any]], body: bytes) -> _Revie
     except msgspec.ValidationError:
         raise
     except msgspec.DecodeError as exc:
-        raise BadReview(400, f"body is not valid JSON: {one_line(exc)[:MAX_REASON]}") from None
+        raise BadReview(400, f"body is not valid JSON: {_complaint(exc)}") from None
     except RecursionError:
         # The decoder follows nesting as deep as Python's recursion limit allows; the API
         # server's reviews nest some 15 levels.
         raise BadReview(400, "body is nested too deeply to read") from None
+
+
+def _complaint(error: msgspec.DecodeError) -> str:
+    """The decoder's message, which quotes field names from the body, kept to one short line."""
+    return quoted(one_line(error), MAX_REASON)
 
 
 def encode_response(uid: str, answer: AdmissionResponse) -> bytes:
