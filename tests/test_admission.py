@@ -7,7 +7,7 @@ import copy
 import json
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,15 @@ def hub_config(backup: Registry, docker_hub: str, **settings: Any) -> Config:
 
 
 @asynccontextmanager
-async def admission(config: Config) -> AsyncIterator[tuple[Admission, Metrics]]:
+async def admission(
+    config: Config, log_file: Path | None = None
+) -> AsyncIterator[tuple[Admission, Metrics]]:
+    """The reviewer; with `log_file`, writing its event lines there."""
     metrics = Metrics()
-    async with open_engine(config) as engine:
-        yield Admission(engine, config, metrics), metrics
+    with ExitStack() as files:
+        events = EventLog(files.enter_context(log_file.open("wb")).fileno()) if log_file else None
+        async with open_engine(config) as engine:
+            yield Admission(engine, config, metrics, events), metrics
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -440,14 +445,10 @@ async def test_long_values_from_the_workload_are_quoted_short_everywhere(
         name="n" * 100_000,
     )
     log_file = tmp_path / "events.log"
-    with log_file.open("wb") as log:
-        async with open_engine(make_config(basic_registry)) as engine:
-            webhook = Admission(
-                engine, make_config(basic_registry), Metrics(), EventLog(log.fileno())
-            )
-            denied = response_of(await webhook.review(body(review), "enforce"), review)
-            audited = response_of(await webhook.review(body(review), "audit"), review)
-            webhook.flush_records()
+    async with admission(make_config(basic_registry), log_file) as (webhook, _):
+        denied = response_of(await webhook.review(body(review), "enforce"), review)
+        audited = response_of(await webhook.review(body(review), "audit"), review)
+        webhook.flush_records()
 
     problem = (
         f"{quoted(image)}: invalid image reference: reference is 100000 characters, longer"
@@ -483,3 +484,30 @@ async def test_made_up_kinds_and_operations_are_counted_as_other(basic_registry:
         'result="allowed"} 3.0' in page
     )
     assert "Kind0" not in page and "OP0" not in page
+
+
+async def test_answers_from_memory_are_counted_and_logged_with_their_own_operation(
+    basic_registry: Registry, tmp_path: Path
+) -> None:
+    """A CREATE, then UPDATEs of the same object answered from memory: each is an UPDATE in
+    the metrics and the log, not the operation of the first request."""
+    review = with_object(
+        sample("pod-create-bare"),
+        {"kind": "Pod", "spec": {"containers": [{"name": "c", "image": "Upper/Case"}]}},
+    )
+    log_file = tmp_path / "events.log"
+    async with admission(make_config(basic_registry), log_file) as (webhook, metrics):
+        for operation in ("CREATE", "UPDATE", "UPDATE", "UPDATE"):
+            request = with_object(review, review["request"]["object"], operation=operation)
+            answer = response_of(await webhook.review(body(request), "enforce"), request)
+            assert answer["allowed"] is False
+        webhook.flush_records()
+
+    page = metrics.render()[0].decode()
+    for operation, count in (("CREATE", 1), ("UPDATE", 3)):
+        assert (
+            f'image_backup_admissions_total{{kind="Pod",mode="enforce",operation="{operation}",'
+            f'result="denied"}} {count}.0' in page
+        )
+    logged = [orjson.loads(line)["operation"] for line in log_file.read_bytes().splitlines()]
+    assert logged == ["CREATE", "UPDATE", "UPDATE", "UPDATE"]

@@ -114,9 +114,11 @@ class Admission:
         recorded = annotations.get(ORIGINAL_IMAGES) if annotations is not None else None
         account, pull_secrets = pull_identity(spec)
         # Everything an answer made from memory depends on, the uid aside; the shape of
-        # the metadata decides how the patch adds the annotation.
+        # the metadata decides how the patch adds the annotation. The operation does not
+        # change the answer, but the log line and the metrics name it.
         key = (
             mode,
+            request.operation,
             request.dry_run,
             request.group,
             request.kind,
