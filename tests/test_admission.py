@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import secrets
@@ -511,3 +512,62 @@ async def test_answers_from_memory_are_counted_and_logged_with_their_own_operati
         )
     logged = [orjson.loads(line)["operation"] for line in log_file.read_bytes().splitlines()]
     assert logged == ["CREATE", "UPDATE", "UPDATE", "UPDATE"]
+
+
+def ephemeral_container_update() -> dict[str, Any]:
+    """What `kubectl debug -it bare-pod --image=busybox:1.36 --target=main` sends: an UPDATE
+    of the pods/ephemeralcontainers subresource carrying the whole Pod (built from the
+    captured Pod; no capture of this request exists)."""
+    review = sample("pod-create-bare")
+    request = review["request"]
+    old = request["object"]
+    new = copy.deepcopy(old)
+    new["spec"]["ephemeralContainers"] = [
+        {
+            "name": "debugger-7xk2p",
+            "image": "busybox:1.36",
+            "targetContainerName": "main",
+            "resources": {},
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "File",
+            "imagePullPolicy": "IfNotPresent",
+            "stdin": True,
+            "tty": True,
+        }
+    ]
+    request.update(
+        operation="UPDATE",
+        subResource="ephemeralcontainers",
+        requestSubResource="ephemeralcontainers",
+        object=new,
+        oldObject=old,
+        options={"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"},
+    )
+    return review
+
+
+async def test_an_ephemeral_container_update_rewrites_only_ephemeral_containers(
+    hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    """The API server keeps only spec.ephemeralContainers from this update: the other
+    containers are neither copied, nor patched, nor named in a warning, and no annotation
+    (which would be dropped) is added."""
+    review = ephemeral_container_update()
+    config = hub_config(basic_registry, plain_registry.url)
+    async with admission(config) as (webhook, _):
+        enforced = response_of(await webhook.review(body(review), "enforce"), review)
+        audited = response_of(await webhook.review(body(review), "audit"), review)
+
+    digest = hub["library/busybox:1.36"].digest
+    backup = (
+        f"{basic_registry.host}/{config.backup_registry.prefix}/docker.io/library/busybox"
+        f":1.36@{digest}"
+    )
+    assert json.loads(base64.b64decode(enforced["patch"])) == [
+        {"op": "replace", "path": "/spec/ephemeralContainers/0/image", "value": backup}
+    ]
+    assert enforced["warnings"] == [f"container 'debugger-7xk2p': busybox:1.36 is now {backup}"]
+    backups = list_backups(basic_registry, config.backup_registry.prefix)
+    # Only busybox; alpine:3.19, the image of the container "main", was not copied.
+    assert backups and all("/docker.io/library/busybox/" in tag for tag in backups)
+    assert audited["warnings"] == [f"would back up busybox:1.36 as {backup}"]

@@ -24,7 +24,14 @@ from .notices import Notices, notify
 from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
 from .plan import Action, ImagePlan, Planner
-from .pods import ImageField, handles, image_fields, pod_spec, pull_identity
+from .pods import (
+    EPHEMERAL_CONTAINERS,
+    ImageField,
+    handles,
+    image_fields,
+    pod_spec,
+    pull_identity,
+)
 from .review import OPERATIONS_WITH_OBJECT, AdmissionRequest, AdmissionResponse, parse_review
 
 # Whose pull credentials a pod gets: namespace, ServiceAccount, imagePullSecrets.
@@ -103,7 +110,11 @@ class Admission:
         if obj is None:
             return self._unreadable(request, mode, started)
         spec = pod_spec(request.group, request.kind, obj)
-        fields = image_fields(request.group, request.kind, spec) if spec is not None else []
+        fields = (
+            image_fields(request.group, request.kind, spec, sub_resource=request.sub_resource)
+            if spec is not None
+            else []
+        )
         if spec is None or not fields:
             return self._answered(request, mode, AdmissionResponse(), Outcome(), started)
         metadata = obj.metadata
@@ -119,6 +130,7 @@ class Admission:
         key = (
             mode,
             request.operation,
+            request.sub_resource,
             request.dry_run,
             request.group,
             request.kind,
@@ -204,7 +216,9 @@ class Admission:
             results = await self._backups(plans, request.dry_run, keyring, deadline)
         for plan in plans:
             self._settle(plan, results.get(plan.field.pointer), request.dry_run, outcome)
-        return self._response(metadata, outcome)
+        return self._response(
+            metadata, outcome, record_originals=request.sub_resource != EPHEMERAL_CONTAINERS
+        )
 
     async def _backups(
         self,
@@ -306,7 +320,9 @@ class Admission:
             outcome.failures.append(f"{image}: {_reason(result)}")
             outcome.count("failed")
 
-    def _response(self, metadata: ObjectMeta | None, outcome: Outcome) -> AdmissionResponse:
+    def _response(
+        self, metadata: ObjectMeta | None, outcome: Outcome, *, record_originals: bool
+    ) -> AdmissionResponse:
         if outcome.failures and not self._allow_on_failure:
             count = len(outcome.failures)
             message = (
@@ -322,7 +338,9 @@ class Admission:
             ]
             outcome.counts["allowed_on_failure"] = len(outcome.failures)
         return AdmissionResponse(
-            patch=build_patch(metadata, outcome.rewrites) or None, warnings=warnings or None
+            patch=build_patch(metadata, outcome.rewrites, record_originals=record_originals)
+            or None,
+            warnings=warnings or None,
         )
 
     def _audit(
