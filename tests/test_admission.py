@@ -26,7 +26,7 @@ from tests.admission_helpers import (
 from tests.helpers import make_config
 from tests.support import images, skopeo
 from tests.support.faultproxy import FaultProxyFactory, delay
-from tests.support.registries import Registry
+from tests.support.registries import Registry, free_port
 from webhook.admission.errors import BadReview
 from webhook.admission.handler import Admission
 from webhook.config import Config
@@ -571,3 +571,20 @@ async def test_an_ephemeral_container_update_rewrites_only_ephemeral_containers(
     # Only busybox; alpine:3.19, the image of the container "main", was not copied.
     assert backups and all("/docker.io/library/busybox/" in tag for tag in backups)
     assert audited["warnings"] == [f"would back up busybox:1.36 as {backup}"]
+
+
+async def test_a_denial_names_each_image_once(basic_registry: Registry) -> None:
+    """The handler names the image before the registry's reason, which names the registry
+    (here: a source registry nothing listens on) but not the image again."""
+    image = f"127.0.0.1:{free_port()}/team/app:v1"
+    review = with_object(
+        sample("pod-create-bare"),
+        {"kind": "Pod", "spec": {"containers": [{"name": "app", "image": image}]}},
+    )
+    config = make_config(basic_registry, sources=[{"host": image.split("/")[0], "insecure": True}])
+    async with admission(config) as (webhook, _):
+        response = response_of(await webhook.review(body(review), "enforce"), review)
+
+    message = response["status"]["message"]
+    assert message.startswith(f"image-backup: 1 image could not be backed up: {image}: ")
+    assert message.count("team/app") == 1, message
