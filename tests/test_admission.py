@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,12 +26,15 @@ from tests.admission_helpers import (
 from tests.helpers import make_config
 from tests.support import images, skopeo
 from tests.support.faultproxy import FaultProxyFactory, delay
-from tests.support.registries import Registry
+from tests.support.registries import Registry, free_port
 from webhook.admission.errors import BadReview
 from webhook.admission.handler import Admission
 from webhook.config import Config
 from webhook.engine import open_engine
+from webhook.events import EventLog
 from webhook.metrics import Metrics
+from webhook.reference import MAX_REFERENCE_LENGTH
+from webhook.text import quoted
 
 ORIGINALS = "image-backup.io/original-images"
 
@@ -46,10 +51,15 @@ def hub_config(backup: Registry, docker_hub: str, **settings: Any) -> Config:
 
 
 @asynccontextmanager
-async def admission(config: Config) -> AsyncIterator[tuple[Admission, Metrics]]:
+async def admission(
+    config: Config, log_file: Path | None = None
+) -> AsyncIterator[tuple[Admission, Metrics]]:
+    """The reviewer; with `log_file`, writing its event lines there."""
     metrics = Metrics()
-    async with open_engine(config) as engine:
-        yield Admission(engine, config, metrics), metrics
+    with ExitStack() as files:
+        events = EventLog(files.enter_context(log_file.open("wb")).fileno()) if log_file else None
+        async with open_engine(config) as engine:
+            yield Admission(engine, config, metrics, events), metrics
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -428,3 +438,164 @@ async def test_a_remembered_answer_expires_with_the_tag_it_was_built_on(
     assert images_of(pod_spec(patched(*answers[-1])))["main"].endswith(moving.digest)
     hits = f"image_backup_cache_hits_total {1 + len(answers)}.0"  # no admission waited
     assert hits in metrics.render()[0].decode()
+
+
+async def test_long_values_from_the_workload_are_quoted_short_everywhere(
+    basic_registry: Registry, tmp_path: Path
+) -> None:
+    """A 100 KB image, a 5 KB container name, a 100 KB object name and uid: the denial, the
+    warnings and the log line quote each by its start and size, never whole."""
+    image, container = "A" * 100_000, "c" * 5_000
+    review = with_object(
+        sample("pod-create-bare"),
+        {
+            "kind": "Pod",
+            "metadata": {"name": "n" * 100_000},
+            "spec": {"containers": [{"name": container, "image": image}]},
+        },
+        uid="u" * 100_000,
+        name="n" * 100_000,
+    )
+    log_file = tmp_path / "events.log"
+    async with admission(make_config(basic_registry), log_file) as (webhook, _):
+        denied = response_of(await webhook.review(body(review), "enforce"), review)
+        audited = response_of(await webhook.review(body(review), "audit"), review)
+        webhook.flush_records()
+
+    problem = (
+        f"{quoted(image)}: invalid image reference: reference is 100000 characters, longer"
+        f" than any valid one ({MAX_REFERENCE_LENGTH}: a 255-character name, a 128-character"
+        " tag and a digest)"
+    )
+    assert denied["allowed"] is False
+    assert denied["status"]["message"] == f"image-backup: 1 image could not be backed up: {problem}"
+    warning = f"could not back up {problem}"
+    assert audited["warnings"] == [warning[:254] + "…"]  # a warning is at most 255 characters
+    lines = log_file.read_bytes().splitlines()
+    assert len(lines) == 2 and all(len(line) < 1_000 for line in lines)
+    for line in map(orjson.loads, lines):
+        assert line["uid"] == quoted("u" * 100_000)
+        assert line["object"] == quoted("wh-test/" + "n" * 100_000)
+
+
+async def test_made_up_kinds_and_operations_are_counted_as_other(basic_registry: Registry) -> None:
+    """A client posting reviews directly cannot add a metric series per request."""
+    review = sample("deployment-create")
+    async with admission(make_config(basic_registry)) as (webhook, metrics):
+        for index in range(3):
+            made_up = with_object(
+                review,
+                {"kind": f"Kind{index}"},
+                kind={"group": "x", "version": "v1", "kind": f"Kind{index}"},
+                operation=f"OP{index}",
+            )
+            await webhook.review(body(made_up), "enforce")
+        page = metrics.render()[0].decode()
+    assert (
+        'image_backup_admissions_total{kind="other",mode="enforce",operation="other",'
+        'result="allowed"} 3.0' in page
+    )
+    assert "Kind0" not in page and "OP0" not in page
+
+
+async def test_answers_from_memory_are_counted_and_logged_with_their_own_operation(
+    basic_registry: Registry, tmp_path: Path
+) -> None:
+    """A CREATE, then UPDATEs of the same object answered from memory: each is an UPDATE in
+    the metrics and the log, not the operation of the first request."""
+    review = with_object(
+        sample("pod-create-bare"),
+        {"kind": "Pod", "spec": {"containers": [{"name": "c", "image": "Upper/Case"}]}},
+    )
+    log_file = tmp_path / "events.log"
+    async with admission(make_config(basic_registry), log_file) as (webhook, metrics):
+        for operation in ("CREATE", "UPDATE", "UPDATE", "UPDATE"):
+            request = with_object(review, review["request"]["object"], operation=operation)
+            answer = response_of(await webhook.review(body(request), "enforce"), request)
+            assert answer["allowed"] is False
+        webhook.flush_records()
+
+    page = metrics.render()[0].decode()
+    for operation, count in (("CREATE", 1), ("UPDATE", 3)):
+        assert (
+            f'image_backup_admissions_total{{kind="Pod",mode="enforce",operation="{operation}",'
+            f'result="denied"}} {count}.0' in page
+        )
+    logged = [orjson.loads(line)["operation"] for line in log_file.read_bytes().splitlines()]
+    assert logged == ["CREATE", "UPDATE", "UPDATE", "UPDATE"]
+
+
+def ephemeral_container_update() -> dict[str, Any]:
+    """What `kubectl debug -it bare-pod --image=busybox:1.36 --target=main` sends: an UPDATE
+    of the pods/ephemeralcontainers subresource carrying the whole Pod (built from the
+    captured Pod; no capture of this request exists)."""
+    review = sample("pod-create-bare")
+    request = review["request"]
+    old = request["object"]
+    new = copy.deepcopy(old)
+    new["spec"]["ephemeralContainers"] = [
+        {
+            "name": "debugger-7xk2p",
+            "image": "busybox:1.36",
+            "targetContainerName": "main",
+            "resources": {},
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "File",
+            "imagePullPolicy": "IfNotPresent",
+            "stdin": True,
+            "tty": True,
+        }
+    ]
+    request.update(
+        operation="UPDATE",
+        subResource="ephemeralcontainers",
+        requestSubResource="ephemeralcontainers",
+        object=new,
+        oldObject=old,
+        options={"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"},
+    )
+    return review
+
+
+async def test_an_ephemeral_container_update_rewrites_only_ephemeral_containers(
+    hub: dict[str, images.Image], plain_registry: Registry, basic_registry: Registry
+) -> None:
+    """The API server keeps only spec.ephemeralContainers from this update: the other
+    containers are neither copied, nor patched, nor named in a warning, and no annotation
+    (which would be dropped) is added."""
+    review = ephemeral_container_update()
+    config = hub_config(basic_registry, plain_registry.url)
+    async with admission(config) as (webhook, _):
+        enforced = response_of(await webhook.review(body(review), "enforce"), review)
+        audited = response_of(await webhook.review(body(review), "audit"), review)
+
+    digest = hub["library/busybox:1.36"].digest
+    backup = (
+        f"{basic_registry.host}/{config.backup_registry.prefix}/docker.io/library/busybox"
+        f":1.36@{digest}"
+    )
+    assert json.loads(base64.b64decode(enforced["patch"])) == [
+        {"op": "replace", "path": "/spec/ephemeralContainers/0/image", "value": backup}
+    ]
+    assert enforced["warnings"] == [f"container 'debugger-7xk2p': busybox:1.36 is now {backup}"]
+    backups = list_backups(basic_registry, config.backup_registry.prefix)
+    # Only busybox; alpine:3.19, the image of the container "main", was not copied.
+    assert backups and all("/docker.io/library/busybox/" in tag for tag in backups)
+    assert audited["warnings"] == [f"would back up busybox:1.36 as {backup}"]
+
+
+async def test_a_denial_names_each_image_once(basic_registry: Registry) -> None:
+    """The handler names the image before the registry's reason, which names the registry
+    (here: a source registry nothing listens on) but not the image again."""
+    image = f"127.0.0.1:{free_port()}/team/app:v1"
+    review = with_object(
+        sample("pod-create-bare"),
+        {"kind": "Pod", "spec": {"containers": [{"name": "app", "image": image}]}},
+    )
+    config = make_config(basic_registry, sources=[{"host": image.split("/")[0], "insecure": True}])
+    async with admission(config) as (webhook, _):
+        response = response_of(await webhook.review(body(review), "enforce"), review)
+
+    message = response["status"]["message"]
+    assert message.startswith(f"image-backup: 1 image could not be backed up: {image}: ")
+    assert message.count("team/app") == 1, message

@@ -14,7 +14,8 @@ from tests.helpers import make_config
 from tests.support import images
 from tests.support.fakekube import EVENTS, FakeKube, Query
 from tests.support.registries import Registry
-from webhook.admission.handler import Admission, Mode
+from webhook.admission.decisions import Mode
+from webhook.admission.handler import Admission
 from webhook.config import Config
 from webhook.engine import open_engine
 from webhook.kube.client import api_client

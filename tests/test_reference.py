@@ -8,7 +8,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tests.support.strategies import digests, registries, repository_paths, tags
-from webhook.reference import InvalidReference, Reference, parse
+from webhook.reference import MAX_REFERENCE_LENGTH, InvalidReference, Reference, parse
+from webhook.text import quoted
 
 SHA256 = "sha256:" + "0123456789abcdef" * 4
 SHA512 = "sha512:" + "0123456789abcdef" * 8
@@ -139,7 +140,7 @@ def test_digest_only_reference_has_no_tag() -> None:
         ("nginx:.bad", 'tag ".bad" is invalid'),
         ("nginx:-bad", 'tag "-bad" is invalid'),
         ("nginx:a+b", 'tag "a+b" is invalid'),
-        ("nginx:" + "a" * 129, "is invalid"),
+        ("nginx:" + "a" * 129, "tag is 129 characters, longer than 128"),
         ("nginx@sha256:abc", "sha256 needs 64 lowercase hex digits"),
         ("nginx@sha256:" + "A" * 64, "sha256 needs 64 lowercase hex digits"),
         ("nginx@sha256:" + "g" * 64, "sha256 needs 64 lowercase hex digits"),
@@ -168,8 +169,32 @@ def test_rejections_quote_the_reference_and_say_why(text: str, problem: str) -> 
         parse(text)
     assert raised.value.reference == text
     message = str(raised.value)
-    assert message.startswith(f"invalid image reference {json.dumps(text)}: ")
+    assert message.startswith(
+        f"invalid image reference {json.dumps(quoted(text), ensure_ascii=False)}: "
+    )
     assert problem in message
+
+
+def test_a_reference_longer_than_any_valid_one_is_refused_first_and_quoted_short() -> None:
+    """The length is the first thing looked at: this one also has whitespace and upper case."""
+    text = "Example.com/" + "a b" * 40_000
+    with pytest.raises(InvalidReference) as raised:
+        parse(text)
+    assert raised.value.problem == (
+        f"reference is {len(text)} characters, longer than any valid one"
+        f" ({MAX_REFERENCE_LENGTH}: a 255-character name, a 128-character tag and a digest)"
+    )
+    assert str(raised.value).startswith(f'invalid image reference "{text[:100]}… (120012 bytes)": ')
+    assert len(str(raised.value)) < 400
+
+
+def test_the_longest_reference_is_valid() -> None:
+    name = "index.docker.io/library/" + "a" * (255 - len("docker.io/library/"))
+    text = f"{name}:{'t' * 128}@sha512:{'0' * 128}"
+    assert len(text) == MAX_REFERENCE_LENGTH
+    assert len(parse(text).name) == 255
+    with pytest.raises(InvalidReference, match="reference is 527 characters"):
+        parse(text + "0")
 
 
 def test_longest_name_is_accepted() -> None:

@@ -16,7 +16,8 @@ import jsonpatch
 import orjson
 import yaml
 
-from .admission.handler import Admission, Mode
+from .admission.decisions import Mode
+from .admission.handler import Admission
 from .admission.pods import handles
 from .admission.review import API_VERSION, KIND
 from .text import one_line

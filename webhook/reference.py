@@ -13,26 +13,39 @@ import json
 import re
 from dataclasses import dataclass
 
+from .text import quoted
+
 DOCKER_HUB = "docker.io"
 LEGACY_DOCKER_HUB = "index.docker.io"
 OFFICIAL_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 255
+MAX_TAG_LENGTH = 128
+_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+# The longest text that can be a valid reference: a name of MAX_NAME_LENGTH once normalized
+# (written with the legacy Docker Hub host, it is longer by as much), a tag and a digest.
+MAX_REFERENCE_LENGTH = (
+    MAX_NAME_LENGTH
+    + len(LEGACY_DOCKER_HUB)
+    - len(DOCKER_HUB)
+    + len(":") + MAX_TAG_LENGTH
+    + len("@sha512:") + _DIGEST_HEX_LENGTHS["sha512"]
+)  # fmt: skip
 
 _DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _REGISTRY = re.compile(
     rf"(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[(?P<ipv6>[a-fA-F0-9:]+)\])(?::[0-9]+)?"
 )
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _LOWER_HEX = re.compile(r"[0-9a-f]+")
 # Docker reads a bare 64-hex string as an image ID, so distribution refuses it as a name.
 _IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def _quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    """`text` in double quotes, escaped, and cut short if long (text.quoted)."""
+    return json.dumps(quoted(text), ensure_ascii=False)
 
 
 class InvalidReference(ValueError):
@@ -68,10 +81,12 @@ class Reference:
         object.__setattr__(self, "repository", repository)
         object.__setattr__(self, "tag", tag)
 
+        # Lengths first: they bound the work of the patterns.
         problem = (
-            _registry_problem(self.registry)
+            _name_length_problem(self.name)
+            or _tag_length_problem(self.tag)
+            or _registry_problem(self.registry)
             or _repository_problem(self.repository)
-            or _name_length_problem(self.name)
             or _tag_problem(self.tag)
             or _digest_problem(self.digest)
         )
@@ -103,6 +118,14 @@ def parse(text: str) -> Reference:
     """Parse `text` by the distribution/reference grammar into its canonical form."""
     if not text:
         raise InvalidReference(text, "reference is empty")
+    if len(text) > MAX_REFERENCE_LENGTH:
+        # Before anything else looks at it: a workload may carry megabytes here.
+        raise InvalidReference(
+            text,
+            f"reference is {len(text)} characters, longer than any valid one"
+            f" ({MAX_REFERENCE_LENGTH}: a {MAX_NAME_LENGTH}-character name,"
+            f" a {MAX_TAG_LENGTH}-character tag and a digest)",
+        )
     if any(character.isspace() for character in text):
         raise InvalidReference(text, "reference contains whitespace")
     if _IMAGE_ID.fullmatch(text):
@@ -172,6 +195,12 @@ def _name_length_problem(name: str) -> str | None:
     return None
 
 
+def _tag_length_problem(tag: str | None) -> str | None:
+    if tag is not None and len(tag) > MAX_TAG_LENGTH:
+        return f"tag is {len(tag)} characters, longer than {MAX_TAG_LENGTH}"
+    return None
+
+
 def _tag_problem(tag: str | None) -> str | None:
     if tag is None:
         return None
@@ -179,7 +208,7 @@ def _tag_problem(tag: str | None) -> str | None:
         return "tag is empty"
     if not _TAG.fullmatch(tag):
         return (
-            f"tag {_quote(tag)} is invalid; tags are up to 128 letters, digits, "
+            f"tag {_quote(tag)} is invalid; tags are up to {MAX_TAG_LENGTH} letters, digits, "
             '"_", "." and "-", not starting with "." or "-"'
         )
     return None

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 import orjson
 
 from ..config import Config
-from ..events import FLUSH_SECONDS, EventLog
-from ..kube.events import InvolvedObject
+from ..events import EventLog
 from ..metrics import Metrics
 from ..reference import Reference
 from ..registry.cache import ExpiringCache
@@ -20,36 +18,24 @@ from ..registry.client import Repository
 from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
 from ..registry.errors import RegistryError
-from ..text import one_line
+from ..text import one_line, quoted
+from .decisions import BackupUses, Decision, Mode, Outcome, Records
+from .notices import Notices, notify
 from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
 from .plan import Action, ImagePlan, Planner
-from .pods import ImageField, handles, image_fields, pod_spec, pull_identity
-from .review import (
-    OPERATIONS_WITH_OBJECT,
-    AdmissionRequest,
-    AdmissionResponse,
-    encode_response,
-    parse_review,
+from .pods import (
+    EPHEMERAL_CONTAINERS,
+    ImageField,
+    handles,
+    image_fields,
+    pod_spec,
+    pull_identity,
 )
+from .review import OPERATIONS_WITH_OBJECT, AdmissionRequest, AdmissionResponse, parse_review
 
-Mode = Literal["enforce", "audit"]
 # Whose pull credentials a pod gets: namespace, ServiceAccount, imagePullSecrets.
 Identity = tuple[str, str, tuple[str, ...]]
-
-
-class Notices(Protocol):
-    def emit(
-        self, involved: InvolvedObject, reason: str, message: str, *, warning: bool = False
-    ) -> None:
-        """Queue a Kubernetes Event; must not block."""
-        ...
-
-
-class BackupUses(Protocol):
-    def used(self, backup_repo: str, digest: str) -> None:
-        """Note that an admission used this backup; must not block."""
-        ...
 
 
 class PullKeyrings(Protocol):
@@ -67,98 +53,10 @@ SKIP_ANNOTATION = "image-backup.io/skip"
 # annotation "image-backup.io/would-back-up".
 WOULD_BACK_UP = "would-back-up"
 MAX_WARNING = 255
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """What one review decided, for the response, the metrics and the log line."""
-
-    rewrites: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    would_back_up: list[str] = field(default_factory=list)
-    backed_up: list[str] = field(default_factory=list)  # images this admission backed up
-    used: list[tuple[str, str]] = field(default_factory=list)  # backup repository, digest
-    counts: dict[str, int] = field(default_factory=dict)
-    cache_hits: int = 0
-    # A decision made from memory alone can be reused until its earliest cached backup
-    # goes stale; one that needed a registry cannot.
-    from_memory: bool = True
-    valid_until: float | None = None
-
-    def count(self, outcome: str) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
-
-    def trust_until(self, moment: float | None) -> None:
-        if moment is not None and (self.valid_until is None or moment < self.valid_until):
-            self.valid_until = moment
-
-
-@dataclass(frozen=True, slots=True, eq=False)  # identity: grouped per flush
-class _Summary:
-    """What identical admissions share for the metrics and the event line, worked out once
-    per decision, so that answering from memory adds only a uid, a name and two times."""
-
-    tally_key: tuple[str, str, str, str]  # mode, kind, operation, decision
-    namespace: str
-    image_counts: tuple[tuple[str, int], ...]
-    cache_hits: int
-    audited: int  # images that enforce would back up (audit mode)
-    backups: tuple[tuple[str, str], ...]  # backups the admission points at: repository, digest
-    event_head: bytes  # the event line's shared fields: a JSON object without its closing brace
-
-    @classmethod
-    def of(
-        cls, request: AdmissionRequest, mode: Mode, decision: str, outcome: _Outcome
-    ) -> _Summary:
-        fields: dict[str, Any] = {
-            "event": "admission",
-            "mode": mode,
-            "kind": request.kind,
-            "operation": request.operation,
-            "images": outcome.counts,
-            "decision": decision,
-        }
-        if request.dry_run:
-            fields["dryRun"] = True
-        if outcome.rewrites:
-            fields["rewritten"] = {
-                pointer: new for pointer, (_, _, new) in outcome.rewrites.items()
-            }
-        if outcome.failures:
-            fields["failures"] = outcome.failures
-        return cls(
-            (mode, request.kind, request.operation, decision),
-            request.namespace,
-            tuple(outcome.counts.items()),
-            outcome.cache_hits,
-            outcome.counts.get("would_back_up", 0) if mode == "audit" else 0,
-            tuple(outcome.used),
-            orjson.dumps(fields)[:-1],
-        )
-
-
-# An admission waiting to be counted and logged: its summary, uid (encoded as JSON), object
-# name, and when it started and was answered (time.perf_counter()). A plain tuple: one is
-# made for every admission.
-_Record = tuple[_Summary, bytes, str, float, float]
-
-
-@dataclass(frozen=True, slots=True)
-class _Decision:
-    """A whole answer, encoded around the request's uid; one made from memory is kept."""
-
-    head: bytes
-    tail: bytes
-    summary: _Summary
-
-    @classmethod
-    def of(
-        cls, request: AdmissionRequest, mode: Mode, answer: AdmissionResponse, outcome: _Outcome
-    ) -> _Decision:
-        summary = _Summary.of(request, mode, _decision_of(answer), outcome)
-        head, tail = encode_response("", answer).split(b'"uid":""', 1)
-        return cls(head + b'"uid":', tail, summary)
+# Answers kept: by count, and by bytes, since a workload's image names may be of any size.
+ANSWER_CACHE_ENTRIES = 4096
+ANSWER_CACHE_BYTES = 16 * 1024 * 1024
+_ENTRY_BYTES = 1024  # Python's own objects for one kept answer, roughly
 
 
 class Admission:
@@ -178,8 +76,6 @@ class Admission:
         self._engine = engine
         self._pull = pull
         self._notices = notices
-        self._uses = uses
-        self._events = events  # None: no event lines (offline review prints manifests instead)
         self._metrics = metrics
         self._budget = config.admission_budget_seconds
         self._copy_timeout = config.copy_settings.timeout_seconds
@@ -188,13 +84,17 @@ class Admission:
         self._excluded_namespace_names = frozenset(n for n in namespaces if not _is_glob(n))
         self._excluded_namespace_globs = tuple(n for n in namespaces if _is_glob(n))
         self._planner = Planner(engine, config.exclude.images)
-        self._tally = metrics.tally
-        self._tally.before_collect = self.flush_records
-        self._unrecorded: list[_Record] = []
+        self._records = Records(metrics, events, uses)
         self._background: set[asyncio.Task[CopyResult | None]] = set()
         # Controllers create Pod after Pod from one template: the same images, the same
         # answer. Keyed by everything the answer depends on besides the uid.
-        self._decisions: ExpiringCache[tuple[object, ...], _Decision] = ExpiringCache(4096)
+        self._decisions: ExpiringCache[tuple[object, ...], Decision] = ExpiringCache(
+            ANSWER_CACHE_ENTRIES, max_bytes=ANSWER_CACHE_BYTES, weigh=_answer_weight
+        )
+
+    def flush_records(self) -> None:
+        """Count and log the admissions still pending (at shutdown)."""
+        self._records.flush()
 
     async def backup_registry_answers(self) -> bool:
         return await self._engine.backup_registry_answers(deadline=time.monotonic() + 5)
@@ -205,25 +105,32 @@ class Admission:
         if request.operation not in OPERATIONS_WITH_OBJECT or not handles(
             request.group, request.kind
         ):
-            return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
+            return self._answered(request, mode, AdmissionResponse(), Outcome(), started)
         obj = request.object
         if obj is None:
             return self._unreadable(request, mode, started)
         spec = pod_spec(request.group, request.kind, obj)
-        fields = image_fields(request.group, request.kind, spec) if spec is not None else []
+        fields = (
+            image_fields(request.group, request.kind, spec, sub_resource=request.sub_resource)
+            if spec is not None
+            else []
+        )
         if spec is None or not fields:
-            return self._answered(request, mode, AdmissionResponse(), _Outcome(), started)
+            return self._answered(request, mode, AdmissionResponse(), Outcome(), started)
         metadata = obj.metadata
         annotations = metadata.annotations if metadata is not None else None
         if self._excluded(request.namespace, annotations):
-            outcome = _Outcome(counts={Action.EXCLUDED.value: len(fields)})
+            outcome = Outcome(counts={Action.EXCLUDED.value: len(fields)})
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
         recorded = annotations.get(ORIGINAL_IMAGES) if annotations is not None else None
         account, pull_secrets = pull_identity(spec)
         # Everything an answer made from memory depends on, the uid aside; the shape of
-        # the metadata decides how the patch adds the annotation.
+        # the metadata decides how the patch adds the annotation. The operation does not
+        # change the answer, but the log line and the metrics name it.
         key = (
             mode,
+            request.operation,
+            request.sub_resource,
             request.dry_run,
             request.group,
             request.kind,
@@ -238,13 +145,13 @@ class Admission:
         known = self._decisions.get(key)
         if known is not None:
             return self._reply(known[0], request, started)
-        outcome = _Outcome()
+        outcome = Outcome()
         answer = await self._answer(
             request, mode, metadata, (request.namespace, account, pull_secrets), fields, outcome
         )
-        decision = _Decision.of(request, mode, answer, outcome)
+        decision = Decision.of(request, mode, answer, outcome)
         if self._notices is not None and mode == "enforce" and not request.dry_run:
-            self._notify(self._notices, request, answer, outcome)
+            notify(self._notices, request, answer, outcome)
         if outcome.from_memory:
             ttl = None if outcome.valid_until is None else outcome.valid_until - time.monotonic()
             self._decisions.put(key, decision, ttl)
@@ -255,42 +162,22 @@ class Admission:
         request: AdmissionRequest,
         mode: Mode,
         answer: AdmissionResponse,
-        outcome: _Outcome,
+        outcome: Outcome,
         started: float,
     ) -> bytes:
-        return self._reply(_Decision.of(request, mode, answer, outcome), request, started)
+        return self._reply(Decision.of(request, mode, answer, outcome), request, started)
 
-    def _reply(self, decision: _Decision, request: AdmissionRequest, started: float) -> bytes:
+    def _reply(self, decision: Decision, request: AdmissionRequest, started: float) -> bytes:
         """The encoded answer with this request's uid spliced in, noted for the records."""
         uid = orjson.dumps(request.uid)
-        self._record(decision.summary, request, uid, started)
+        self._records.record(decision.summary, request, uid, started)
         return decision.head + uid + decision.tail
-
-    def _notify(
-        self,
-        notices: Notices,
-        request: AdmissionRequest,
-        answer: AdmissionResponse,
-        outcome: _Outcome,
-    ) -> None:
-        """Events on the object (or, for a Pod named by its controller, on the controller):
-        what was backed up, and what could not be."""
-        involved, about = _involved(request)
-        if involved is None:
-            return
-        if outcome.backed_up:
-            notices.emit(involved, "ImageBackedUp", about + "; ".join(outcome.backed_up))
-        if outcome.failures:
-            message = answer.message or (
-                "admitted without a backup (onFailure: allow): " + "; ".join(outcome.failures)
-            )
-            notices.emit(involved, "ImageBackupFailed", about + message, warning=True)
 
     def _unreadable(self, request: AdmissionRequest, mode: Mode, started: float) -> bytes:
         """An object the API server would not have sent: its images cannot be known, so
         enforce denies it (unless onFailure is allow) and audit says so."""
         reason = f"cannot read this {request.kind}: {request.unreadable}"
-        outcome = _Outcome(failures=[reason])
+        outcome = Outcome(failures=[reason])
         if mode == "audit" or self._allow_on_failure:
             answer = AdmissionResponse(warnings=[_warning(f"image-backup: {reason}")])
         else:
@@ -313,7 +200,7 @@ class Admission:
         metadata: ObjectMeta | None,
         identity: Identity,
         fields: list[ImageField],
-        outcome: _Outcome,
+        outcome: Outcome,
     ) -> AdmissionResponse:
         deadline = time.monotonic() + self._budget
         keyring = None
@@ -329,7 +216,9 @@ class Admission:
             results = await self._backups(plans, request.dry_run, keyring, deadline)
         for plan in plans:
             self._settle(plan, results.get(plan.field.pointer), request.dry_run, outcome)
-        return self._response(metadata, outcome)
+        return self._response(
+            metadata, outcome, record_originals=request.sub_resource != EPHEMERAL_CONTAINERS
+        )
 
     async def _backups(
         self,
@@ -400,9 +289,10 @@ class Admission:
         plan: ImagePlan,
         result: CopyResult | BaseException | None,
         dry_run: bool,
-        outcome: _Outcome,
+        outcome: Outcome,
     ) -> None:
-        image, container = plan.field.image, plan.field.container
+        # Both come from the workload: any length.
+        image, container = quoted(plan.field.image), quoted(plan.field.container)
         if plan.action in (Action.EXCLUDED, Action.ALREADY_BACKED_UP):
             outcome.count(plan.action.value)
             return
@@ -430,7 +320,9 @@ class Admission:
             outcome.failures.append(f"{image}: {_reason(result)}")
             outcome.count("failed")
 
-    def _response(self, metadata: ObjectMeta | None, outcome: _Outcome) -> AdmissionResponse:
+    def _response(
+        self, metadata: ObjectMeta | None, outcome: Outcome, *, record_originals: bool
+    ) -> AdmissionResponse:
         if outcome.failures and not self._allow_on_failure:
             count = len(outcome.failures)
             message = (
@@ -446,11 +338,13 @@ class Admission:
             ]
             outcome.counts["allowed_on_failure"] = len(outcome.failures)
         return AdmissionResponse(
-            patch=build_patch(metadata, outcome.rewrites) or None, warnings=warnings or None
+            patch=build_patch(metadata, outcome.rewrites, record_originals=record_originals)
+            or None,
+            warnings=warnings or None,
         )
 
     def _audit(
-        self, request: AdmissionRequest, plans: list[ImagePlan], outcome: _Outcome
+        self, request: AdmissionRequest, plans: list[ImagePlan], outcome: Outcome
     ) -> AdmissionResponse:
         """What enforce would do, without copying or patching anything."""
         for plan in plans:
@@ -465,11 +359,13 @@ class Admission:
                     else _unpinned(self._engine.target_for(plan.source), plan.source)
                 )
                 outcome.would_back_up.append(plan.field.image)
-                outcome.warnings.append(_warning(f"would back up {plan.field.image} as {target}"))
+                outcome.warnings.append(
+                    _warning(f"would back up {quoted(plan.field.image)} as {target}")
+                )
                 outcome.count("would_back_up")
             elif plan.action is Action.INVALID:
                 outcome.warnings.append(
-                    _warning(f"could not back up {plan.field.image}: {plan.problem}")
+                    _warning(f"could not back up {quoted(plan.field.image)}: {plan.problem}")
                 )
                 outcome.count("failed")
             else:
@@ -481,80 +377,26 @@ class Admission:
         )
         return AdmissionResponse(warnings=outcome.warnings or None, audit_annotations=annotations)
 
-    def _record(
-        self, summary: _Summary, request: AdmissionRequest, uid: bytes, started: float
-    ) -> None:
-        """Note the admission for the metrics and the event log, which take it in batches.
 
-        Bookkeeping done in one pass every FLUSH_SECONDS costs a fraction of the same
-        work scattered between requests; a scrape first takes in what is pending.
-        """
-        # Only small values are kept until then: holding the parsed request would keep
-        # every object of it alive into older garbage-collector generations.
-        record = (summary, uid, request.display_name, started, time.perf_counter())
-        if not self._unrecorded:
-            try:
-                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush_records)
-            except RuntimeError:  # no event loop: nothing would record later
-                self._unrecorded.append(record)
-                self.flush_records()
-                return
-        self._unrecorded.append(record)
-
-    def flush_records(self) -> None:
-        records, self._unrecorded = self._unrecorded, []
-        events = self._events
-        wall_clock_offset = time.time() - time.perf_counter()
-        durations: dict[_Summary, list[float]] = {}
-        for summary, uid, name, started, answered in records:
-            elapsed = answered - started
-            if summary in durations:
-                durations[summary].append(elapsed)
-            else:
-                durations[summary] = [elapsed]
-            if events is not None:
-                events.write(summary.event_head, uid, name, elapsed, wall_clock_offset + answered)
-        if events is not None:
-            events.flush()
-        tally, uses = self._tally, self._uses
-        for summary, seconds in durations.items():
-            if uses is not None:
-                for backup_repo, digest in summary.backups:
-                    uses.used(backup_repo, digest)
-            tally.admitted(summary.tally_key, seconds)
-            for what, number in summary.image_counts:
-                tally.images[what] = tally.images.get(what, 0) + number * len(seconds)
-            tally.cache_hits += summary.cache_hits * len(seconds)
-            if summary.audited:
-                self._metrics.audit_images.labels(summary.namespace).inc(
-                    summary.audited * len(seconds)
-                )
+def _answer_weight(key: tuple[object, ...], decision: Decision) -> int:
+    """About the bytes a kept answer holds: the strings of its key (image names, the
+    recorded annotation), its encoded answer and event line, and the objects around them."""
+    return (
+        _ENTRY_BYTES
+        + _text_size(key)
+        + len(decision.head)
+        + len(decision.tail)
+        + len(decision.summary.event_head)
+    )
 
 
-def _involved(request: AdmissionRequest) -> tuple[InvolvedObject | None, str]:
-    """Whom an Event is about, and how its message starts. A CREATE has no uid yet: the
-    Event names the object by kind and name. A Pod named by the API server (generateName)
-    has no name either: the Event goes on the controller that creates it."""
-    obj, group = request.object, request.group
-    metadata = obj.metadata if obj is not None else None
-    name = request.name or (metadata.name if metadata is not None else None) or ""
-    if name:
-        api_version = f"{group}/v1" if group else "v1"
-        uid = (metadata.uid if metadata is not None else None) or ""
-        return InvolvedObject(api_version, request.kind, request.namespace, name, uid), ""
-    owners = metadata.ownerReferences if metadata is not None else None
-    for owner in owners or ():
-        if owner.controller and owner.apiVersion and owner.kind and owner.name:
-            involved = InvolvedObject(
-                owner.apiVersion, owner.kind, request.namespace, owner.name, owner.uid or ""
-            )
-            prefix = metadata.generateName if metadata is not None else None
-            return involved, f"{request.kind} {prefix or ''}*: "
-    return None, ""
-
-
-def _decision_of(answer: AdmissionResponse) -> str:
-    return "denied" if not answer.allowed else ("patched" if answer.patch else "allowed")
+def _text_size(value: object) -> int:
+    """Characters in the strings of `value`, through nested tuples."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, tuple):
+        return sum(_text_size(item) for item in value)
+    return 0
 
 
 def _is_glob(pattern: str) -> bool:

@@ -17,15 +17,21 @@ ORIGINAL_IMAGES = "image-backup.io/original-images"
 
 
 def build_patch(
-    metadata: ObjectMeta | None, rewrites: Mapping[str, tuple[str, str, str]]
+    metadata: ObjectMeta | None,
+    rewrites: Mapping[str, tuple[str, str, str]],
+    *,
+    record_originals: bool = True,
 ) -> list[dict[str, Any]]:
-    """`rewrites` maps a JSON pointer to (container, original image, new image)."""
+    """`rewrites` maps a JSON pointer to (container, original image, new image);
+    `record_originals`: also in the ORIGINAL_IMAGES annotation."""
     if not rewrites:
         return []
     ops: list[dict[str, Any]] = [
         {"op": "replace", "path": pointer, "value": new}
         for pointer, (_, _, new) in rewrites.items()
     ]
+    if not record_originals:
+        return ops
     annotations = metadata.annotations if metadata is not None else None
     originals = _recorded(annotations)
     originals.update({container: original for container, original, _ in rewrites.values()})

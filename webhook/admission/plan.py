@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..naming import BackupNameError, Scheme
-from ..reference import InvalidReference, Reference, parse
+from ..reference import MAX_REFERENCE_LENGTH, InvalidReference, Reference, parse
 from ..registry.client import Repository
 from ..registry.copy import CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
@@ -53,8 +53,10 @@ class Planner:
         self._engine = engine
         self._scheme: Scheme = engine.scheme
         self._excluded_images = tuple(excluded_images)
-        # The same few image strings arrive again and again: read each once.
-        self._read = lru_cache(maxsize=4096)(self._read_uncached)
+        # The same few image strings arrive again and again: read each once. Only strings
+        # that may be references are kept, which bounds the cache in bytes too; a longer
+        # one is refused by its length alone, as cheaply as it would be looked up.
+        self._read_cached = lru_cache(maxsize=4096)(self._read_uncached)
 
     def plan(
         self, fields: Sequence[ImageField], keyring: DockerConfig | None = None
@@ -62,7 +64,12 @@ class Planner:
         """`keyring`: the workload's pull credentials; a backup is only known for those."""
         plans = []
         for field in fields:
-            reading = self._read(field.image)
+            image = field.image
+            reading = (
+                self._read_cached(image)
+                if len(image) <= MAX_REFERENCE_LENGTH
+                else self._read_uncached(image)
+            )
             if reading.action is not None:
                 plans.append(
                     ImagePlan(field, reading.action, reading.source, None, reading.problem)
@@ -82,8 +89,8 @@ class Planner:
     def _read_uncached(self, image: str) -> _Reading:
         try:
             source = parse(image)
-        except InvalidReference as exc:
-            return _Reading(None, Action.INVALID, str(exc))
+        except InvalidReference as exc:  # the image is named by whoever reports the problem
+            return _Reading(None, Action.INVALID, f"invalid image reference: {exc.problem}")
         if any(fnmatch.fnmatchcase(str(source), pattern) for pattern in self._excluded_images):
             return _Reading(source, Action.EXCLUDED)
         if self._scheme.is_backup(source):

@@ -8,6 +8,13 @@ from typing import Any, NamedTuple
 from .objects import KubeObject, Spec
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+# An update of this Pod subresource keeps spec.ephemeralContainers and drops every other
+# change (the API server's rule, as for `kubectl debug`): only those images are backed up
+# and rewritten, and no annotation records them.
+EPHEMERAL_CONTAINERS = "ephemeralcontainers"
+# Pointers are kept for lists up to this long: a pod has a few containers, while a hostile
+# body may list a million, whose pointers no cache should keep.
+CACHED_POINTERS = 64
 
 _TEMPLATE = ("spec", "template", "spec")
 # (API group, kind) -> fields from the object down to its pod spec.
@@ -57,22 +64,31 @@ def pull_identity(spec: Spec) -> tuple[str, tuple[str, ...]]:
     return account, tuple(secret.name for secret in secrets if secret.name)
 
 
-def image_fields(group: str, kind: str, spec: Spec) -> list[ImageField]:
-    """Every container image of a pod spec of that kind, in the order of CONTAINER_LISTS."""
+def image_fields(group: str, kind: str, spec: Spec, *, sub_resource: str) -> list[ImageField]:
+    """Every container image of a pod spec of that kind, in the order of CONTAINER_LISTS,
+    that a request for `sub_resource` can change."""
     path = POD_SPEC_PATHS[group, kind]
     fields = []
-    for list_name in CONTAINER_LISTS:
+    lists = ("ephemeralContainers",) if sub_resource == EPHEMERAL_CONTAINERS else CONTAINER_LISTS
+    for list_name in lists:
         containers = getattr(spec, list_name)
         if not containers:
             continue
-        pointers = _pointers(path, list_name, len(containers))
+        count = len(containers)
+        pointers = (
+            _cached_pointers(path, list_name, count)
+            if count <= CACHED_POINTERS
+            else _pointers(path, list_name, count)
+        )
         for index, container in enumerate(containers):
             if container.image:
                 fields.append(ImageField(pointers[index], container.name or "", container.image))
     return fields
 
 
-@lru_cache(maxsize=256)
 def _pointers(path: tuple[str, ...], list_name: str, count: int) -> tuple[str, ...]:
     base = "/" + "/".join(path)
     return tuple(f"{base}/{list_name}/{index}/image" for index in range(count))
+
+
+_cached_pointers = lru_cache(maxsize=256)(_pointers)

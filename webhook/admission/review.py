@@ -9,13 +9,13 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import msgspec
 import orjson
 
-from ..text import one_line
+from ..text import one_line, quoted
 from .errors import BadReview
 from .objects import KubeObject
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
-MAX_REASON = 200  # characters of a decoder's complaint quoted back
+MAX_REASON = 200  # characters of a decoder's complaint quoted back (text.quoted)
 OPERATIONS_WITH_OBJECT = frozenset({"CREATE", "UPDATE"})
 
 ObjectT = TypeVar("ObjectT")
@@ -87,13 +87,20 @@ def parse_review(body: bytes) -> AdmissionRequest:
     An object whose fields have unexpected types is not the review's fault: the request
     comes back with `unreadable` saying why, for the caller to decide.
     """
+    try:
+        # JSON text is UTF-8 (RFC 8259 §8.1); the decoder checks only the strings it keeps.
+        body.decode()
+    except UnicodeDecodeError as exc:
+        raise BadReview(400, f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
     unreadable = None
     try:
-        review: _Review[Any] = _DECODE.decode(body)
+        review: _Review[Any] = _decoded(_DECODE, body)
     except msgspec.ValidationError as exc:
-        review, unreadable = _envelope(body), one_line(exc)[:MAX_REASON]
-    except msgspec.DecodeError as exc:
-        raise BadReview(400, f"body is not valid JSON: {one_line(exc)[:MAX_REASON]}") from None
+        unreadable = _complaint(exc)
+        try:
+            review = _decoded(_DECODE_ENVELOPE, body)
+        except msgspec.ValidationError as exc:
+            raise BadReview(400, f"not an AdmissionReview: {_complaint(exc)}") from None
     if review.apiVersion != API_VERSION or review.kind != KIND:
         raise BadReview(400, f"expected apiVersion {API_VERSION} and kind {KIND}")
     request = review.request
@@ -124,12 +131,25 @@ def parse_review(body: bytes) -> AdmissionRequest:
     )
 
 
-def _envelope(body: bytes) -> _Review[Any]:
+def _decoded(decoder: msgspec.json.Decoder[_Review[Any]], body: bytes) -> _Review[Any]:
+    """`body` decoded; BadReview when it is not JSON at all (a type error is the caller's:
+    msgspec.ValidationError). A type error can stop the first decoder before a syntax error
+    later in the body, so every decoder meets both."""
     try:
-        review: _Review[Any] = _DECODE_ENVELOPE.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadReview(400, f"not an AdmissionReview: {one_line(exc)[:MAX_REASON]}") from None
-    return review
+        return decoder.decode(body)
+    except msgspec.ValidationError:
+        raise
+    except msgspec.DecodeError as exc:
+        raise BadReview(400, f"body is not valid JSON: {_complaint(exc)}") from None
+    except RecursionError:
+        # The decoder follows nesting as deep as Python's recursion limit allows; the API
+        # server's reviews nest some 15 levels.
+        raise BadReview(400, "body is nested too deeply to read") from None
+
+
+def _complaint(error: msgspec.DecodeError) -> str:
+    """The decoder's message, which quotes field names from the body, kept to one short line."""
+    return quoted(one_line(error), MAX_REASON)
 
 
 def encode_response(uid: str, answer: AdmissionResponse) -> bytes:
