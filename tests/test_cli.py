@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import importlib
 import os
 import pty
 import select
@@ -12,10 +13,12 @@ import sys
 import termios
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support import images, skopeo
 from tests.support.registries import Registry
+from webhook import cli
 
 CLI = [sys.executable, "-m", "webhook"]
 
@@ -40,6 +43,39 @@ def write_config(tmp_path: Path, source: Registry, backup: Registry) -> str:
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+# Runs the CLI, then writes the names of the modules loaded by then into argv[1].
+_RECORD_MODULES = """
+import sys
+from webhook.cli import main
+try:
+    status = main(sys.argv[2:])
+except SystemExit as exit:
+    status = exit.code
+with open(sys.argv[1], "w") as out:
+    out.write("\\n".join(sys.modules))
+sys.exit(status)
+"""
+
+
+def modules_loaded(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """What running the CLI with these arguments imports, beyond the interpreter's start-up."""
+    record = tmp_path / "modules.txt"
+    baseline = subprocess.run(
+        [sys.executable, "-c", "import sys; print(*sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    done = subprocess.run(
+        [sys.executable, "-c", _RECORD_MODULES, str(record), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done, set(record.read_text().split()) - set(baseline)
 
 
 def test_copy_prints_the_pinned_backup_and_skopeo_agrees(
@@ -145,3 +181,80 @@ def test_progress_bar_on_a_terminal(
         os.close(controller)
     assert process.returncode == 0
     assert b"B/s" in shown  # bytes and rate
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        *([command, "--help"] for command in ("copy", "resolve", "serve", "certs", "review")),
+    ],
+)
+def test_help_loads_the_standard_library_only(tmp_path: Path, args: list[str]) -> None:
+    done, loaded = modules_loaded(tmp_path, *args)
+    assert done.returncode == 0 and done.stdout.startswith("usage: image-backup")
+    ours = {"webhook", "webhook.cli", "certs"}  # certs for the Secret's default name
+    assert {m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names} == ours
+    assert "asyncio" not in loaded
+
+
+def test_copy_loads_neither_the_kubernetes_client_nor_the_server(
+    plain_registry: Registry,
+    basic_registry: Registry,
+    image_cache: str,
+    unique_repo: str,
+    tmp_path: Path,
+) -> None:
+    image = images.make_image(image_cache, [1_000], seed=304, fmt="oci")
+    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    config = write_config(tmp_path, plain_registry, basic_registry)
+
+    done, loaded = modules_loaded(
+        tmp_path, "copy", f"{plain_registry.host}/{unique_repo}:v1", "--config", config
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"@{image.digest}")
+    unused = {
+        "kubernetes",
+        "cryptography",
+        "certs.bootstrap",
+        "prometheus_client",
+        "tqdm",  # no terminal here
+        "webhook.server",
+        "webhook.tls",
+        "webhook.cluster",
+        "webhook.admission",
+        "webhook.kube",
+    }
+    assert loaded & unused == set()
+
+
+def test_every_error_class_the_cli_reports_exists() -> None:
+    for name, code in cli.EXIT_CODES.items():
+        module, _, attribute = name.rpartition(".")
+        error = getattr(importlib.import_module(module), attribute)
+        assert issubclass(error, Exception) and cli.exit_code(error.__new__(error)) == code
+
+
+def test_every_problem_of_a_config_is_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("backupRegistry: {host: b.io, pathStyle: deep}\ncopy: {concurrency: 0}\n")
+    done = run("copy", "nginx", "--config", str(path))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"image-backup: error: {path}: backupRegistry.pathStyle: "
+        "Input should be 'nested' or 'flat'",
+        f"image-backup: error: {path}: copy.concurrency: "
+        "Input should be greater than or equal to 1",
+    ]
+
+
+def test_a_yaml_error_names_the_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("backupRegistry:\n  host: b.io\n    prefix: [x\n")
+    done = run("copy", "nginx", "--config", str(path))
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"image-backup: error: {path}:3:11: not valid YAML: mapping values are not allowed here\n",
+    )
