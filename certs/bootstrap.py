@@ -36,6 +36,7 @@ from kubernetes import client
 from webhook.events import event_message
 from webhook.kube.client import TIMEOUT_SECONDS, KubeError, translated
 
+from . import SECRET_NAME
 from .authority import (
     DEFAULT_VALIDITY,
     KeyPair,
@@ -50,7 +51,6 @@ from .files import write_pair
 
 log = logging.getLogger("image_backup.certs")
 
-SECRET_NAME = "image-backup-tls"
 ATTEMPTS = 5  # rounds of read-and-write lost to other replicas before giving up
 T = TypeVar("T")
 

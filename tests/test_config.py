@@ -94,7 +94,22 @@ copy:
             "credentials.dockerConfig: Path does not point to a file",
         ),
         ("- just\n- a list", "expected a mapping at the top level"),
-        ("backupRegistry: [unclosed", "is not valid YAML"),
+        (
+            "backupRegistry: [unclosed",
+            "test.yaml:1:26: not valid YAML: expected ',' or ']', but got '<stream end>'",
+        ),
+        (
+            "backupRegistry: {host: b.io}\nexclude: \x07",
+            "test.yaml:2:10: not valid YAML: character U+0007: special characters are not allowed",
+        ),
+        (
+            "backupRegistry: {host: b.io}\nserver: {address: localhost}",
+            "server.address: must be an IP address",
+        ),
+        (
+            "backupRegistry: {host: b.io}\nserver: {keepAliveSeconds: 0}",
+            "server.keepAliveSeconds: Input should be greater than 0",
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -136,3 +151,18 @@ def test_later_files_merge_over_earlier_ones(tmp_path: Path) -> None:
     second.write_text("registries: [{host: a.example.com}]\n")
     with pytest.raises(config.ConfigError, match=r"overlay.yaml: registries: .*a\.example\.com"):
         config.load(first, second)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "127.0.0.1", "fd00::1"])
+def test_server_address(tmp_path: Path, address: str) -> None:
+    loaded = config.load(
+        write(tmp_path, f"backupRegistry: {{host: b.io}}\nserver: {{address: '{address}'}}")
+    )
+    assert loaded.server.address == address
+
+
+def test_server_defaults(tmp_path: Path) -> None:
+    server = config.load(write(tmp_path, "backupRegistry: {host: b.io}")).server
+    assert server.address == "0.0.0.0"  # every IPv4 interface, as before the key existed
+    assert server.keep_alive_seconds > 90  # the kube-apiserver's idle timeout: it closes first
+    assert server.request_body_timeout_seconds == 10

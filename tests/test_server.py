@@ -37,6 +37,13 @@ from webhook.server import INTERNAL_ERROR, Mode, WebhookServer
 from webhook.tls import CertificateError, ReloadingCertificate
 
 LIMIT = 4096
+ANSWER_OF_2_BYTES = orjson.dumps(
+    {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": "u-1", "allowed": True, "mode": "enforce", "bytes": 2},
+    }
+)
 RETRY = 0.3  # readiness_retry_seconds
 POLL = 0.05  # certificate poll interval
 
@@ -129,7 +136,14 @@ def serial_of(cert_file: str | Path) -> int:
 
 
 @asynccontextmanager
-async def running(pki: TLSFiles, cert_file: str, key_file: str) -> AsyncIterator[Served]:
+async def running(
+    pki: TLSFiles,
+    cert_file: str,
+    key_file: str,
+    *,
+    keep_alive: float = 60,
+    body_timeout: float = 60,
+) -> AsyncIterator[Served]:
     reviewer = StandInReviewer()
     certificate = ReloadingCertificate(cert_file, key_file, interval=POLL)
     server = WebhookServer(
@@ -139,6 +153,8 @@ async def running(pki: TLSFiles, cert_file: str, key_file: str) -> AsyncIterator
         host="127.0.0.1",
         port=0,
         max_body_bytes=LIMIT,
+        keep_alive_seconds=keep_alive,
+        body_timeout_seconds=body_timeout,
         readiness_retry_seconds=RETRY,
         shutdown_timeout=1,
     )
@@ -261,6 +277,101 @@ async def test_a_bug_is_500_with_a_generic_line_and_the_traceback_in_the_log(
     assert "s3cr3t" not in body and "Traceback" not in body and "RuntimeError" not in body
     [record] = [r for r in caplog.records if r.exc_info]
     assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+
+
+# --- slow and vanishing clients ----------------------------------------------------------
+
+
+async def closed_by_the_server(connection: Connection) -> bool:
+    """True once the server has closed the connection (EOF), False if it is still open
+    after a few seconds (far longer than the deadlines under test)."""
+    try:
+        async with asyncio.timeout(5):
+            return await connection.reader.read() == b""
+    except TimeoutError:
+        return False
+    except (ConnectionError, ssl.SSLError):
+        return True
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(pki: TLSFiles) -> None:
+    async with running(pki, pki.cert_file, pki.key_file, keep_alive=0.3) as served:
+        connection = await served.connect()
+        assert await connection.request("GET", "/healthz") == (200, b"ok\n")
+        assert await closed_by_the_server(connection)
+        # Requests sent without pausing are served as before.
+        connection = await served.connect()
+        for _ in range(3):
+            assert await connection.request("POST", "/mutate", b"{}") == (200, ANSWER_OF_2_BYTES)
+        await connection.close()
+
+
+async def test_headers_trickling_in_are_cut_off(pki: TLSFiles) -> None:
+    async with running(pki, pki.cert_file, pki.key_file, keep_alive=0.3) as served:
+        connection = await served.connect()
+        head = b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n"
+
+        async def trickle() -> None:
+            for byte in head:
+                connection.writer.write(bytes([byte]))
+                await asyncio.sleep(0.1)
+
+        sending = asyncio.create_task(trickle())
+        try:
+            assert await closed_by_the_server(connection)
+            assert not sending.done()  # cut off mid-head, long before the last byte
+        finally:
+            sending.cancel()
+        assert served.reviewer.reviews == []
+
+
+async def test_a_body_trickling_in_is_answered_408_and_closed(pki: TLSFiles) -> None:
+    async with running(pki, pki.cert_file, pki.key_file, body_timeout=0.3) as served:
+        connection = await served.connect()
+        connection.writer.write(
+            b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+        )
+
+        async def trickle() -> None:
+            for _ in range(100):
+                connection.writer.write(b" ")
+                await asyncio.sleep(0.1)
+
+        sending = asyncio.create_task(trickle())
+        try:
+            status, body = await connection.response()
+            assert (status, body) == (408, b"request body not received within 0.3 s\n")
+            assert await closed_by_the_server(connection)
+        finally:
+            sending.cancel()
+        assert served.reviewer.reviews == []
+        # A body sent at once is in time.
+        connection = await served.connect()
+        assert await connection.request("POST", "/mutate", b"{}") == (200, ANSWER_OF_2_BYTES)
+        await connection.close()
+
+
+async def test_a_client_leaving_mid_body_is_one_info_line(
+    webhook: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    context = client_ssl_context(webhook.ca_file)
+
+    def half_a_request() -> None:  # a plain socket, closed the moment the bytes are out
+        with (
+            socket.create_connection(("127.0.0.1", webhook.server.port)) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            tls.sendall(b"x" * 50)
+
+    await asyncio.to_thread(half_a_request)
+    await until(lambda: bool(caplog.records))
+    await asyncio.sleep(0.1)  # anything logged after the first line shows up too
+    [record] = caplog.records
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert orjson.loads(record.getMessage())["event"] == "request_body_incomplete"
+    assert webhook.reviewer.reviews == []
 
 
 async def test_healthz(webhook: Served) -> None:
@@ -528,33 +639,51 @@ def free_port() -> int:
         return port
 
 
-def serve_config(tmp_path: Path, pki: TLSFiles, cert_file: str, port: int) -> str:
+def serve_config(
+    tmp_path: Path, pki: TLSFiles, cert_file: str, port: int, address: str | None = None
+) -> str:
     path = tmp_path / "config.yaml"
     settings = {"port": port, "certFile": cert_file, "keyFile": pki.key_file}
+    if address is not None:
+        settings["address"] = address
     document = {"backupRegistry": {"host": "127.0.0.1:1"}, "server": settings}
     path.write_text(yaml.safe_dump(document))
     return str(path)
 
 
-def test_serve_without_a_certificate_exits_with_one_line(pki: TLSFiles, tmp_path: Path) -> None:
+def test_serve_without_a_usable_certificate_is_bad_input(pki: TLSFiles, tmp_path: Path) -> None:
+    """Exit 2 with one line, like every other mistake in what the command was given."""
     missing = str(tmp_path / "tls.crt")
-    config = serve_config(tmp_path, pki, missing, free_port())
-    done = subprocess.run(
-        [sys.executable, "-m", "webhook", "serve", "--config", config],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 1
-    assert done.stderr == (
-        f"image-backup: error: cannot read certificate {missing}: No such file or directory\n"
-    )
+    garbage = tmp_path / "garbage.crt"
+    garbage.write_text("not a certificate\n")
+    for cert_file, error in [
+        (missing, f"cannot read certificate {missing}: No such file or directory"),
+        (str(garbage), f"{garbage} is not a PEM certificate"),
+    ]:
+        config = serve_config(tmp_path, pki, cert_file, free_port())
+        done = subprocess.run(
+            [sys.executable, "-m", "webhook", "serve", "--config", config],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stderr) == (2, f"image-backup: error: {error}\n")
 
 
-def test_serve_runs_until_sigterm(pki: TLSFiles, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("address", "reach", "listening"),
+    [
+        (None, "127.0.0.1", "0.0.0.0:{port}"),  # the default: every IPv4 interface
+        ("127.0.0.2", "127.0.0.2", "127.0.0.2:{port}"),
+        ("::1", "::1", "[::1]:{port}"),
+    ],
+)
+def test_serve_runs_until_sigterm(
+    pki: TLSFiles, tmp_path: Path, address: str | None, reach: str, listening: str
+) -> None:
     port = free_port()
-    config = serve_config(tmp_path, pki, pki.cert_file, port)
+    config = serve_config(tmp_path, pki, pki.cert_file, port, address)
     process = subprocess.Popen(
         [sys.executable, "-m", "webhook", "serve", "--config", config],
         stdout=subprocess.PIPE,
@@ -567,7 +696,7 @@ def test_serve_runs_until_sigterm(pki: TLSFiles, tmp_path: Path) -> None:
         while True:
             try:
                 with (
-                    socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                    socket.create_connection((reach, port), timeout=5) as raw,
                     context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
                 ):
                     tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -581,6 +710,9 @@ def test_serve_runs_until_sigterm(pki: TLSFiles, tmp_path: Path) -> None:
                 time.sleep(0.1)
         assert answer.startswith(b"HTTP/1.1 200 ")
         assert answer.endswith(b"\r\n\r\nok\n")
+        if address is not None:  # that address only
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=30)
     finally:
@@ -591,7 +723,7 @@ def test_serve_runs_until_sigterm(pki: TLSFiles, tmp_path: Path) -> None:
     events = [orjson.loads(line) for line in stdout.splitlines()]
     server_events = [e for e in events if e["logger"] == "image_backup.server"]
     assert [e.get("event") for e in server_events] == ["listening", "stopping"]
-    assert server_events[0]["address"] == f"0.0.0.0:{port}"
+    assert server_events[0]["address"] == listening.format(port=port)
     # No cluster here: said once, and serving goes on without one.
     assert [e["event"] for e in events if e["logger"] == "image_backup.cluster"] == [
         "no_kubernetes_api"

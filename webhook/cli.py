@@ -1,46 +1,57 @@
-"""`image-backup`: the command line."""
+"""`image-backup`: the command line.
+
+Each command imports what it uses when it runs: building the parser (and so `--help`) loads
+the standard library only, and `copy` never loads the Kubernetes client, `cryptography` or
+the server. A command-line tool's start-up and memory are the whole cost of a small copy.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
-import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+from certs import SECRET_NAME
 
-from certs.bootstrap import SECRET_NAME, Names, ensure_certificate, ensure_files, keep_files_current
+if TYPE_CHECKING:
+    from certs.bootstrap import Names
 
-from . import config as config_module
-from .admission.handler import Admission
-from .cluster import connect, warm
-from .config import Config, Server
-from .engine import open_engine
-from .events import EventLog
-from .kube.client import KubeError, api_client
-from .metrics import Metrics
-from .naming import BackupNameError
-from .offline import ManifestError, dump_documents, load_documents, review_documents
-from .reference import InvalidReference, Reference, parse
-from .registry.client import Repository
-from .registry.credentials import CredentialsError
-from .registry.errors import RegistryError
-from .server import ServerError, configure_logging, serve
-from .tls import CertificateError, ReloadingCertificate
+    from .config import Config, Server
+    from .reference import Reference
+    from .registry.client import Repository
+    from .tls import ReloadingCertificate
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 CONFIG_HELP = "configuration file (YAML); given again, each file is merged over the ones before"
+
+# What the user got wrong (exit 2) and what went wrong (exit 1), by class. Named rather than
+# imported: the module raising an error is loaded by then, and importing the others just
+# to tell errors apart would cost every command the start-up the lazy imports saved.
+EXIT_CODES = {
+    "webhook.config.ConfigError": EXIT_USAGE,
+    "webhook.registry.credentials.CredentialsError": EXIT_USAGE,
+    "webhook.reference.InvalidReference": EXIT_USAGE,
+    "webhook.naming.BackupNameError": EXIT_USAGE,
+    "webhook.offline.ManifestError": EXIT_USAGE,
+    "webhook.tls.CertificateError": EXIT_USAGE,
+    "webhook.registry.errors.RegistryError": EXIT_FAILED,
+    "webhook.server.ServerError": EXIT_FAILED,
+    "webhook.kube.client.KubeError": EXIT_FAILED,
+}
+
+Command = Callable[[argparse.Namespace, "Config"], Coroutine[Any, Any, int]]
 
 
 class _ProgressBar:
     """Bytes and rate on a terminal; the engine reports each blob it streams."""
 
     def __init__(self) -> None:
+        from tqdm import tqdm
+
         self._bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
 
     def expect(self, nbytes: int) -> None:
@@ -55,33 +66,39 @@ class _ProgressBar:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
-        config = _config(args)
-        return _run(args.command(args, config))
-    except (
-        config_module.ConfigError,
-        CredentialsError,
-        InvalidReference,
-        BackupNameError,
-        ManifestError,
-    ) as exc:
-        _fail(str(exc))
-        return EXIT_USAGE
-    except (RegistryError, ServerError, CertificateError, KubeError) as exc:
-        _fail(str(exc))
-        return EXIT_FAILED
+        return _run(args.command, args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        _fail(str(exc))
+        return code
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """EXIT_USAGE or EXIT_FAILED for an error the CLI reports in words; None for a bug."""
+    for cls in type(exc).__mro__:
+        code = EXIT_CODES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if code is not None:
+            return code
+    return None
 
 
 async def _copy(args: argparse.Namespace, config: Config) -> int:
+    import time
+
+    from .engine import open_engine
+    from .reference import parse
+
     source = parse(args.source)
     bar = _ProgressBar() if sys.stderr.isatty() else None
     deadline = time.monotonic() + config.copy_settings.timeout_seconds
     try:
-        async with open_engine(config, bar) as engine:
+        async with open_engine(config, bar) as engine, _about(args.source):
             if args.to is None:
                 result = await engine.backup(source, deadline=deadline)
             else:
@@ -95,15 +112,35 @@ async def _copy(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _resolve(args: argparse.Namespace, config: Config) -> int:
+    import time
+
+    from .engine import open_engine
+    from .reference import parse
+
     ref = parse(args.reference)
     deadline = time.monotonic() + config.copy_settings.timeout_seconds
-    async with open_engine(config) as engine:
+    async with open_engine(config) as engine, _about(args.reference):
         print(await engine.resolve(ref, deadline=deadline))
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _about(image: str) -> AsyncIterator[None]:
+    """A registry error names the registry and what failed there, and leaves naming the
+    image to the caller: here, the image as the user typed it."""
+    from .registry.errors import RegistryError
+
+    try:
+        yield
+    except RegistryError as exc:
+        raise RegistryError(f"{image}: {exc}") from None
+
+
 async def _serve(args: argparse.Namespace, config: Config) -> int:
     """The webhook: serve until SIGTERM, then finish the reviews in flight."""
+    from .server import configure_logging
+    from .tls import ReloadingCertificate
+
     configure_logging()
     settings = config.server
     async with _self_signed(args, settings):
@@ -116,6 +153,13 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None:
+    from .admission.handler import Admission
+    from .cluster import connect, warm
+    from .engine import open_engine
+    from .events import EventLog
+    from .metrics import Metrics
+    from .server import serve
+
     settings = config.server
     metrics = Metrics()
     async with connect(config, metrics) as cluster:
@@ -133,13 +177,7 @@ async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None
                 uses=cluster.records if cluster is not None else None,
             )
             try:
-                await serve(
-                    reviewer,
-                    metrics,
-                    certificate,
-                    port=settings.port,
-                    max_body_bytes=settings.max_body_bytes,
-                )
+                await serve(reviewer, metrics, certificate, settings=settings)
             finally:
                 reviewer.flush_records()
 
@@ -151,6 +189,12 @@ async def _self_signed(args: argparse.Namespace, settings: Server) -> AsyncItera
     if not args.self_signed:
         yield
         return
+    import asyncio
+
+    from certs.bootstrap import ensure_files, keep_files_current
+
+    from .kube.client import api_client
+
     names = _names(args)
     with api_client() as api:
         files = (settings.cert_file, settings.key_file)
@@ -169,6 +213,13 @@ async def _self_signed(args: argparse.Namespace, settings: Server) -> AsyncItera
 
 async def _certs(args: argparse.Namespace, config: Config) -> int:
     """One shot (a Job or an init container): the Secret and the caBundle, maybe the files."""
+    import asyncio
+
+    from certs.bootstrap import ensure_certificate, ensure_files
+
+    from .kube.client import api_client
+    from .server import configure_logging
+
     configure_logging()
     names = _names(args)
     with api_client() as api:
@@ -181,9 +232,13 @@ async def _certs(args: argparse.Namespace, config: Config) -> int:
 
 
 def _names(args: argparse.Namespace) -> Names:
-    namespace = args.namespace or config_module.own_namespace()
+    from certs.bootstrap import Names
+
+    from .config import ConfigError, own_namespace
+
+    namespace = args.namespace or own_namespace()
     if not namespace:
-        raise config_module.ConfigError(
+        raise ConfigError(
             "--namespace is needed outside a pod (no POD_NAMESPACE, no service-account mount)"
         )
     return Names(namespace, args.service, args.webhook_config, args.secret)
@@ -191,6 +246,11 @@ def _names(args: argparse.Namespace) -> Names:
 
 async def _review(args: argparse.Namespace, config: Config) -> int:
     """Manifests on disk through the same decisions as admission (enforce really copies)."""
+    from .admission.handler import Admission
+    from .engine import open_engine
+    from .metrics import Metrics
+    from .offline import dump_documents, load_documents, review_documents
+
     inputs = [(name, _read_input(name)) for name in args.files or ["-"]]
     parsed = [(name, load_documents(name, text)) for name, text in inputs]
     documents, notes, denials = [], [], []
@@ -213,6 +273,8 @@ async def _review(args: argparse.Namespace, config: Config) -> int:
 
 
 def _read_input(name: str) -> str:
+    from .offline import ManifestError
+
     if name == "-":
         return sys.stdin.read()
     try:
@@ -224,6 +286,9 @@ def _read_input(name: str) -> str:
 
 def _target(text: str, source: Reference) -> tuple[Repository, str | None]:
     """`--to REPO[:TAG]`: without a tag of its own the target keeps the source's tag."""
+    from .reference import InvalidReference, parse
+    from .registry.client import Repository
+
     target = parse(text)
     if target.digest is not None:
         raise InvalidReference(text, "a copy target names a repository and tag, not a digest")
@@ -234,6 +299,9 @@ def _target(text: str, source: Reference) -> tuple[Repository, str | None]:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from . import config as config_module
+    from .reference import parse
+
     if getattr(args, "config", None):
         return config_module.load(*args.config)
     # Without a file, `--to` supplies the only registry we must know about.
@@ -246,7 +314,10 @@ def _config(args: argparse.Namespace) -> Config:
     return config_module.parse({"backupRegistry": {"host": host}}, "defaults")
 
 
-def _run(work: Coroutine[Any, Any, int]) -> int:
+def _run(command: Command, args: argparse.Namespace) -> int:
+    import asyncio
+
+    work = command(args, _config(args))
     try:
         import uvloop
     except ImportError:
@@ -255,10 +326,9 @@ def _run(work: Coroutine[Any, Any, int]) -> int:
 
 
 def _fail(message: str) -> None:
-    first_line = message.splitlines()[0] if message else "failed"
-    extra = len(message.splitlines()) - 1
-    suffix = f" (and {extra} more)" if extra > 0 else ""
-    print(f"image-backup: error: {first_line}{suffix}", file=sys.stderr)
+    """One line per problem (a configuration can have several), each saying it is an error."""
+    for line in message.splitlines() or ["failed"]:
+        print(f"image-backup: error: {line}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

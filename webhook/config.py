@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -120,10 +121,30 @@ class Records(_Section):
 
 
 class Server(_Section):
+    address: str = "0.0.0.0"  # all IPv4 interfaces; "::" for IPv6 (and IPv4 where dual-stack)
     port: int = Field(8443, ge=1, le=65535)
     cert_file: Path = Path("/etc/image-backup/tls/tls.crt")
     key_file: Path = Path("/etc/image-backup/tls/tls.key")
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
+    # Longer than the kube-apiserver keeps an idle connection to a webhook (Go's
+    # IdleConnTimeout, 90 s): were the server first, a review sent just as it closes would
+    # fail. A client that has begun a request but not finished its headers by then is cut
+    # off too (it holds the connection no longer than an idle one may).
+    keep_alive_seconds: float = Field(120.0, gt=0)
+    # The API server sends a review in one go; a body still arriving after this is answered
+    # 408 and its connection closed.
+    request_body_timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "must be an IP address: 0.0.0.0 (all IPv4), :: (all IPv6) or one interface's"
+            ) from None
+        return value
 
 
 def own_namespace() -> str | None:
@@ -205,7 +226,7 @@ def _read(path: str | Path) -> dict[str, object]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {one_line(str(exc))}") from None
+        raise ConfigError(_yaml_error(path, text, exc)) from None
     if not isinstance(document, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level")
     return document
@@ -225,6 +246,20 @@ def merged(earlier: dict[str, object], later: dict[str, object]) -> dict[str, ob
         else:
             result[key] = value
     return result
+
+
+def _yaml_error(path: str | Path, text: str, exc: yaml.YAMLError) -> str:
+    """`FILE:LINE:COLUMN: not valid YAML: PROBLEM`, as compilers say it (yaml's own text
+    names the file `<unicode string>` and spreads over several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark and exc.problem:
+        line, column, problem = exc.problem_mark.line, exc.problem_mark.column, exc.problem
+    elif isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position)
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1)
+        problem = f"character U+{exc.character:04X}: {exc.reason}"
+    else:
+        return f"{path}: not valid YAML: {one_line(str(exc))}"
+    return f"{path}:{line + 1}:{column + 1}: not valid YAML: {one_line(problem)}"
 
 
 def parse(document: dict[str, object], source: str = "config") -> Config:

@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Literal, Protocol, TextIO
+from typing import TYPE_CHECKING, Literal, Protocol, TextIO
 
 import orjson
 from aiohttp import web
@@ -20,6 +20,9 @@ from .events import event_message
 from .metrics import Metrics
 from .text import one_line
 from .tls import CertificateError, ReloadingCertificate
+
+if TYPE_CHECKING:
+    from .config import Server
 
 __all__ = [
     "CertificateError",
@@ -123,6 +126,7 @@ def build_app(
     metrics: Metrics,
     *,
     max_body_bytes: int,
+    body_timeout_seconds: float | None = None,  # None: no deadline
     certificate: ReloadingCertificate | None = None,
     readiness_retry_seconds: float = 5.0,
 ) -> web.Application:
@@ -135,11 +139,17 @@ def build_app(
             # cuts off a streamed body at the limit.
             if (request.content_length or 0) > max_body_bytes:
                 raise web.HTTPRequestEntityTooLarge(max_body_bytes, request.content_length or 0)
-            body = await request.read()
+            async with asyncio.timeout(body_timeout_seconds):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            response = _text(413, f"request body larger than {max_body_bytes} bytes")
-            response.force_close()  # the rest of the body is discarded, not read into memory
-            return response
+            return _closing(413, f"request body larger than {max_body_bytes} bytes")
+        except TimeoutError:
+            return _closing(408, f"request body not received within {body_timeout_seconds} s")
+        except (ConnectionError, web.RequestPayloadError) as exc:
+            # The client went away (or broke the framing) mid-body: its business, not an
+            # error of ours, and nobody is left to answer.
+            log.info(event_message("request_body_incomplete", mode=mode, error=one_line(exc)))
+            return _closing(400, "request body incomplete")
         try:
             answer = await reviewer.review(body, mode)
         except BadReview as exc:
@@ -189,9 +199,11 @@ class WebhookServer:
         metrics: Metrics,
         certificate: ReloadingCertificate,
         *,
+        host: str,
         port: int,
         max_body_bytes: int,
-        host: str = "0.0.0.0",
+        keep_alive_seconds: float,
+        body_timeout_seconds: float,
         readiness_retry_seconds: float = 5.0,
         shutdown_timeout: float = 25.0,
     ) -> None:
@@ -202,11 +214,22 @@ class WebhookServer:
             reviewer,
             metrics,
             max_body_bytes=max_body_bytes,
+            body_timeout_seconds=body_timeout_seconds,
             certificate=certificate,
             readiness_retry_seconds=readiness_retry_seconds,
         )
         # No access log: probes would drown the one line per review the reviewer writes.
-        self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=shutdown_timeout)
+        # aiohttp's keep-alive timer runs while a connection waits for a request's head, so it
+        # also cuts off a client trickling its headers. After an early answer (413, 408) the
+        # rest of a body is read and dropped, so that the client sees the answer rather than a
+        # reset, for no longer than the body itself was given (aiohttp's default: 10 s).
+        self._runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            shutdown_timeout=shutdown_timeout,
+            keepalive_timeout=keep_alive_seconds,
+            lingering_time=body_timeout_seconds,
+        )
         self._watch: asyncio.Task[None] | None = None
         self.port = port
 
@@ -222,12 +245,11 @@ class WebhookServer:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise ServerError(
-                f"cannot listen on {self._host}:{self._requested_port}: {exc.strerror or exc}"
-            ) from None
+            address = _address(self._host, self._requested_port)
+            raise ServerError(f"cannot listen on {address}: {exc.strerror or exc}") from None
         self.port = self._runner.addresses[0][1]
         self._watch = asyncio.create_task(self.certificate.watch(), name="certificate-watch")
-        log.info(event_message("listening", address=f"{self._host}:{self.port}"))
+        log.info(event_message("listening", address=_address(self._host, self.port)))
 
     async def stop(self) -> None:
         """Stop accepting, let reviews in flight finish (up to shutdown_timeout), close."""
@@ -245,9 +267,7 @@ async def serve(
     metrics: Metrics,
     certificate: ReloadingCertificate,
     *,
-    port: int,
-    max_body_bytes: int,
-    host: str = "0.0.0.0",
+    settings: Server,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     stopping = asyncio.Event()
@@ -255,7 +275,14 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     server = WebhookServer(
-        reviewer, metrics, certificate, port=port, max_body_bytes=max_body_bytes, host=host
+        reviewer,
+        metrics,
+        certificate,
+        host=settings.address,
+        port=settings.port,
+        max_body_bytes=settings.max_body_bytes,
+        keep_alive_seconds=settings.keep_alive_seconds,
+        body_timeout_seconds=settings.request_body_timeout_seconds,
     )
     try:
         await server.start()
@@ -320,3 +347,14 @@ def configure_logging(stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) 
 
 def _text(status: int, reason: str) -> web.Response:
     return web.Response(status=status, text=(one_line(reason) or "-") + "\n")
+
+
+def _closing(status: int, reason: str) -> web.Response:
+    """An answer after which the connection closes: the rest of the body is not read."""
+    response = _text(status, reason)
+    response.force_close()
+    return response
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
