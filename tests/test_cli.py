@@ -158,6 +158,8 @@ def test_failures_exit_non_zero_with_one_line(
     missing = run("copy", f"{plain_registry.host}/{unique_repo}:absent", "--config", config)
     invalid = run("copy", "Upper/Case:1", "--config", config)
     bad_config = run("copy", "nginx", "--config", str(tmp_path / "absent.yaml"))
+    overlong = f"quay.io/{'a' * 240}:v1"  # a valid reference whose backup name is too long
+    unnamable = run("copy", overlong, "--config", config)
 
     assert missing.returncode == 1
     assert missing.stderr.count("\n") == 1
@@ -167,7 +169,10 @@ def test_failures_exit_non_zero_with_one_line(
     ) in missing.stderr
     assert invalid.returncode == 2 and 'invalid image reference "Upper/Case:1"' in invalid.stderr
     assert bad_config.returncode == 2 and "cannot read config" in bad_config.stderr
-    for done in (missing, invalid, bad_config):
+    assert unnamable.returncode == 2
+    assert unnamable.stderr.startswith(f"image-backup: error: {overlong}: its backup name would be")
+    assert unnamable.stderr.count(overlong) == 1
+    for done in (missing, invalid, bad_config, unnamable):
         assert done.stdout == "" and "Traceback" not in done.stderr
 
 

@@ -113,6 +113,15 @@ def test_bad_files_give_clear_errors_without_secrets(
     assert "nocolon" not in str(caught.value)
 
 
+def test_a_long_key_is_quoted_short(tmp_path: Path) -> None:
+    key = "r" * 10_000 + ".io"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": {key: {"auth": "%%%"}}}))
+    with pytest.raises(CredentialsError, match="not base64") as caught:
+        DockerConfig.load(path)
+    assert len(str(caught.value)) < 300 and "(10003 bytes)" in str(caught.value)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CredentialsError, match="cannot read docker config"):
         DockerConfig.load(tmp_path / "absent.json")

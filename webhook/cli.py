@@ -126,14 +126,15 @@ async def _resolve(args: argparse.Namespace, config: Config) -> int:
 
 @contextlib.asynccontextmanager
 async def _about(image: str) -> AsyncIterator[None]:
-    """A registry error names the registry and what failed there, and leaves naming the
-    image to the caller: here, the image as the user typed it."""
+    """Registry and naming errors say what failed and leave naming the image to the caller:
+    here, the image as the user typed it."""
+    from .naming import BackupNameError
     from .registry.errors import RegistryError
 
     try:
         yield
-    except RegistryError as exc:
-        raise RegistryError(f"{image}: {exc}") from None
+    except (RegistryError, BackupNameError) as exc:
+        raise type(exc)(f"{image}: {exc}") from None
 
 
 async def _serve(args: argparse.Namespace, config: Config) -> int:

@@ -9,7 +9,6 @@ truncations.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -57,7 +56,7 @@ class Scheme:
     def repository_for(self, source: Reference) -> str:
         """The backup repository path (without host) for `source`."""
         if self.is_backup(source):
-            raise BackupNameError(f"{_quote(source)} is already a backup")
+            raise BackupNameError("it is already a backup")
         path = f"{_encode_host(source.registry)}/{source.repository}"
         if self.path_style == "flat":
             path = _flatten(path)
@@ -65,7 +64,7 @@ class Scheme:
         name_length = len(self.host) + 1 + len(repository)
         if name_length > MAX_NAME_LENGTH:
             raise BackupNameError(
-                f"the backup name for {_quote(source)} would be {name_length} characters,"
+                f"its backup name would be {name_length} characters,"
                 f" over the {MAX_NAME_LENGTH}-character limit"
             )
         return repository
@@ -82,10 +81,6 @@ class Scheme:
 
     def _under_prefix(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
-
-
-def _quote(reference: Reference) -> str:
-    return json.dumps(str(reference), ensure_ascii=False)
 
 
 def _encode_host(registry: str) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from ..text import quoted
+
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
@@ -77,7 +79,7 @@ class DockerConfig:
         entries = []
         for key, value in auths.items():
             if not isinstance(value, dict):
-                raise CredentialsError(f"{where}: auths[{key!r}] must be an object")
+                raise CredentialsError(f"{where}: auths[{quoted(key)!r}] must be an object")
             host, repo_path = _split_key(key)
             entries.append(_Entry(host, repo_path, _credential(value, key, where)))
         return cls(tuple(entries))
@@ -120,15 +122,16 @@ def _credential(value: dict[str, object], key: str, where: str) -> Credential:
     username, password = text("username"), text("password")
     encoded = text("auth")
     if encoded:
+        bad = CredentialsError(
+            f"{where}: auths[{quoted(key)!r}].auth is not base64 of user:password"
+        )
         try:
             decoded = base64.b64decode(encoded, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise CredentialsError(
-                f"{where}: auths[{key!r}].auth is not base64 of user:password"
-            ) from None
+            raise bad from None
         username, sep, password = decoded.partition(":")
         if not sep:
-            raise CredentialsError(f"{where}: auths[{key!r}].auth is not base64 of user:password")
+            raise bad
     return Credential(username, password, text("identitytoken"), text("registrytoken"))
 
 
