@@ -26,7 +26,7 @@ from webhook.cli import _parser as cli_parser
 from webhook.cli import _serve as cli_serve
 from webhook.config import Config, load, merged
 from webhook.metrics import Metrics
-from webhook.server import Mode, WebhookServer, build_app
+from webhook.server import Mode, Readiness, WebhookServer, build_routes
 
 Obj = dict[str, Any]
 
@@ -309,12 +309,9 @@ def served_routes() -> set[tuple[str, str]]:
         async def backup_registry_answers(self) -> bool:
             raise AssertionError("not called")
 
-    app = build_app(NoReviews(), Metrics(), max_body_bytes=1024)
-    return {
-        (route.method, route.resource.canonical)
-        for route in app.router.routes()
-        if route.resource is not None
-    }
+    reviewer = NoReviews()
+    readiness = Readiness(reviewer, None, retry_seconds=1)
+    return set(build_routes(reviewer, Metrics(), readiness, max_body_bytes=1024))
 
 
 def container_port(objects: tuple[Obj, ...], port: int | str) -> int:

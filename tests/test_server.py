@@ -208,6 +208,11 @@ async def test_wrong_method_is_405(webhook: Served) -> None:
         for method, path in [("GET", "/mutate"), ("PUT", "/audit"), ("POST", "/healthz")]:
             async with session.request(method, path) as resp:
                 assert resp.status == 405, (method, path)
+                assert resp.headers["Allow"] == ("GET" if path == "/healthz" else "POST")
+        async with session.get("/nowhere") as resp:
+            assert resp.status == 404
+        async with session.head("/healthz") as resp:
+            assert resp.status == 200  # as GET, without the body
     assert webhook.reviewer.reviews == []
 
 

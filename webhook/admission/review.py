@@ -21,12 +21,12 @@ OPERATIONS_WITH_OBJECT = frozenset({"CREATE", "UPDATE"})
 ObjectT = TypeVar("ObjectT")
 
 
-class _GroupVersionKind(msgspec.Struct):
+class _GroupVersionKind(msgspec.Struct, gc=False):
     group: str | None = None
     kind: str | None = None
 
 
-class _Request(msgspec.Struct, Generic[ObjectT]):
+class _Request(msgspec.Struct, Generic[ObjectT], gc=False):
     uid: str | None = None
     kind: _GroupVersionKind | None = None
     operation: str | None = None
@@ -37,13 +37,14 @@ class _Request(msgspec.Struct, Generic[ObjectT]):
     object: ObjectT | None = None
 
 
-class _Review(msgspec.Struct, Generic[ObjectT]):
+class _Review(msgspec.Struct, Generic[ObjectT], gc=False):
     apiVersion: str | None = None
     kind: str | None = None
     request: _Request[ObjectT] | None = None
 
 
-# Decoding into these types checks the types of every field read and skips the rest.
+# Decoding into these types checks the types of every field read and skips the rest. Like the
+# object's types (see objects.py), they are not tracked by the garbage collector.
 _DECODE = msgspec.json.Decoder(_Review[KubeObject])
 # When that fails: whether the review itself is bad, or only the object inside it.
 _DECODE_ENVELOPE = msgspec.json.Decoder(_Review[Any])
