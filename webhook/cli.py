@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from certs import SECRET_NAME
 
@@ -63,6 +64,21 @@ class _ProgressBar:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def run() -> NoReturn:
+    """`image-backup`: main(), then exit at once. Tearing down what the process built,
+    module by module (interpreter finalization), costs every command some 45 ms and frees
+    nothing that exiting does not."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, usage errors (already printed)
+        if not isinstance(exc.code, int):
+            raise
+        code = exc.code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -245,10 +245,11 @@ class Transport:
             endpoint = self.endpoint(host)
             if endpoint.insecure:
                 context = False
-            else:
+            elif endpoint.ca_file:
                 context = ssl.create_default_context()
-                if endpoint.ca_file:
-                    context.load_verify_locations(cafile=endpoint.ca_file)
+                context.load_verify_locations(cafile=endpoint.ca_file)
+            else:
+                context = True  # aiohttp's own verifying context: loading the CAs takes 20 ms
             self._ssl[host] = context
         return context
 
