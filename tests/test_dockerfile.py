@@ -38,11 +38,12 @@ target = sys.argv[1]
 sys.path.insert(0, target)
 (dist,) = distributions(path=[target])
 (script,) = [e for e in dist.entry_points if e.group == "console_scripts"]
-main = script.load()
+entry = script.load()
 import webhook
 assert webhook.__file__.startswith(target), webhook.__file__
 print(script.name, flush=True)
-sys.exit(main(sys.argv[2:]))
+sys.argv = [script.name, *sys.argv[2:]]
+sys.exit(entry())
 """
 
 # Imports every module the wheel holds with only the wheel's files on the path: a module that
