@@ -363,7 +363,7 @@ def report_whole_process(s: Samples) -> bool:
     time_ok, rss_ok = ratio <= WHOLE_BAR, rss <= WHOLE_RSS_BAR_MB
     print(
         f"\nwhole process, {WHOLE_CASE}: `image-backup copy` {cli:.3f}s, `skopeo copy` "
-        f"{sk:.3f}s, ratio {ratio:.2f} (bar <= {WHOLE_BAR}) {'PASS' if time_ok else 'FAIL'}; "
+        f"{sk:.3f}s, ratio {ratio:.3f} (bar <= {WHOLE_BAR}) {'PASS' if time_ok else 'FAIL'}; "
         f"peak RSS {rss:.1f} MB (bar <= {WHOLE_RSS_BAR_MB:.0f}, skopeo {max(s.skopeo_rss):.1f}) "
         f"{'PASS' if rss_ok else 'FAIL'}"
     )
