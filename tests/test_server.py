@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -733,3 +734,41 @@ def test_serve_runs_until_sigterm(
     assert [e["event"] for e in events if e["logger"] == "image_backup.cluster"] == [
         "no_kubernetes_api"
     ]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /mutate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nxx\r\n",
+        b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"BR\x00KEN\r\n\r\n",
+    ],
+    ids=["bad chunk size", "negative length", "not HTTP"],
+)
+async def test_a_malformed_request_is_400_and_one_info_line(
+    webhook: Served, caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    """Bytes that are not HTTP are the client's fault: a 400 and at most one info line,
+    never an error with a traceback."""
+    caplog.set_level(logging.INFO)
+    context = client_ssl_context(webhook.ca_file)
+
+    def send() -> bytes:
+        with (
+            socket.create_connection(("127.0.0.1", webhook.server.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(request_bytes)
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            return answer
+
+    answer = await asyncio.to_thread(send)
+    await asyncio.sleep(0.2)  # anything logged after the answer shows up too
+    assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:100]
+    assert [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info] == []
+    if request_bytes.startswith(b"POST"):  # not HTTP at all is aiohttp's debug noise
+        [record] = caplog.records
+        assert orjson.loads(record.getMessage())["event"] == "request_malformed"
+    assert webhook.reviewer.reviews == []

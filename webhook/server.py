@@ -11,10 +11,11 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .admission.errors import BadReview
 from .events import event_message
@@ -201,6 +202,19 @@ def build_routes(
     }
 
 
+class _ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's log for the connections it serves. It logs a request it cannot parse (a
+    bad chunk size, a negative length) as an error with a traceback; that is the client's
+    fault, and it gets its 400: one info line here, not a traceback per broken client."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            reason = quoted(one_line(exc_info.message))
+            log.info(event_message("request_malformed", error=reason))
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 def _dispatcher(routes: dict[tuple[str, str], Handler]) -> Handler:
     """Five fixed routes, looked up in one dict: aiohttp's Application and router cost each
     request more than reviewing a Pod answered from memory (about 4 µs of 50)."""
@@ -277,6 +291,7 @@ class WebhookServer:
         server = web.Server(
             _dispatcher(routes),
             request_factory=request_factory,
+            logger=_ConnectionLog(logging.getLogger("aiohttp.server"), {}),
             access_log=None,
             keepalive_timeout=keep_alive_seconds,
             lingering_time=body_timeout_seconds,
