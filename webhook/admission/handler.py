@@ -13,7 +13,7 @@ from ..config import Config
 from ..events import EventLog
 from ..metrics import Metrics
 from ..reference import Reference
-from ..registry.cache import ExpiringCache
+from ..registry.cache import ExpiringCache, footprint
 from ..registry.client import Repository
 from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
@@ -56,7 +56,6 @@ MAX_WARNING = 255
 # Answers kept: by count, and by bytes, since a workload's image names may be of any size.
 ANSWER_CACHE_ENTRIES = 4096
 ANSWER_CACHE_BYTES = 16 * 1024 * 1024
-_ENTRY_BYTES = 1024  # Python's own objects for one kept answer, roughly
 
 
 class Admission:
@@ -89,7 +88,7 @@ class Admission:
         # Controllers create Pod after Pod from one template: the same images, the same
         # answer. Keyed by everything the answer depends on besides the uid.
         self._decisions: ExpiringCache[tuple[object, ...], Decision] = ExpiringCache(
-            ANSWER_CACHE_ENTRIES, max_bytes=ANSWER_CACHE_BYTES, weigh=_answer_weight
+            ANSWER_CACHE_ENTRIES, max_bytes=ANSWER_CACHE_BYTES, weigh=footprint
         )
 
     def flush_records(self) -> None:
@@ -376,27 +375,6 @@ class Admission:
             else None
         )
         return AdmissionResponse(warnings=outcome.warnings or None, audit_annotations=annotations)
-
-
-def _answer_weight(key: tuple[object, ...], decision: Decision) -> int:
-    """About the bytes a kept answer holds: the strings of its key (image names, the
-    recorded annotation), its encoded answer and event line, and the objects around them."""
-    return (
-        _ENTRY_BYTES
-        + _text_size(key)
-        + len(decision.head)
-        + len(decision.tail)
-        + len(decision.summary.event_head)
-    )
-
-
-def _text_size(value: object) -> int:
-    """Characters in the strings of `value`, through nested tuples."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, tuple):
-        return sum(_text_size(item) for item in value)
-    return 0
 
 
 def _is_glob(pattern: str) -> bool:
