@@ -212,3 +212,26 @@ async def test_an_admission_past_the_lifetime_gets_its_answer_without_a_registry
     assert asked_meanwhile == []
     assert images_of(patched(second, at_expiry)["spec"])["app-1"].endswith(moving.old.digest)
     assert images_of(patched(third, later)["spec"])["app-2"].endswith(moving.new.digest)
+
+
+async def test_audits_and_dry_runs_start_no_recheck(moving: MovingTag) -> None:
+    """A re-check may copy a moved tag: only an admission that may copy starts one."""
+    reviews = [sample("pod-create-bare") for _ in range(3)]
+    for n, review in enumerate(reviews):
+        container = review["request"]["object"]["spec"]["containers"][0]
+        container["image"], container["name"] = str(moving.source), f"app-{n}"
+    reviews[2]["request"]["dryRun"] = True
+    async with open_engine(moving.config, clock=(clock := Clock(0.0))) as engine:
+        webhook = Admission(engine, moving.config, Metrics())
+        await webhook.review(body(reviews[0]), "enforce")  # backs it up
+        moving.move()
+        moving.source_proxy.clear_log()
+        clock.now = TTL * 0.8  # due for a re-check
+        audited = response_of(await webhook.review(body(reviews[1]), "audit"), reviews[1])
+        dry = response_of(await webhook.review(body(reviews[2]), "enforce"), reviews[2])
+        await asyncio.sleep(0.5)  # a re-check, had one started, would have asked by now
+        asked = list(moving.source_proxy.log)
+
+    assert asked == []
+    assert audited["allowed"] and "patch" not in audited
+    assert images_of(patched(reviews[2], dry)["spec"])["app-2"].endswith(moving.old.digest)

@@ -206,7 +206,9 @@ class Admission:
         if self._pull is not None:
             keyring, fresh_until = await self._pull.keyring(*identity)
             outcome.trust_until(fresh_until)
-        plans = self._planner.plan(fields, keyring)
+        # Only an admission that may copy may start a re-check, which may copy a moved tag.
+        refresh = mode == "enforce" and not request.dry_run
+        plans = self._planner.plan(fields, keyring, refresh=refresh)
         if mode == "audit":
             return self._audit(request, plans, outcome)
         results = {}

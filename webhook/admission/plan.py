@@ -59,9 +59,14 @@ class Planner:
         self._read_cached = lru_cache(maxsize=4096)(self._read_uncached)
 
     def plan(
-        self, fields: Sequence[ImageField], keyring: DockerConfig | None = None
+        self,
+        fields: Sequence[ImageField],
+        keyring: DockerConfig | None = None,
+        *,
+        refresh: bool = True,
     ) -> list[ImagePlan]:
-        """`keyring`: the workload's pull credentials; a backup is only known for those."""
+        """`keyring`: the workload's pull credentials; a backup is only known for those.
+        `refresh`: whether a backup due for a re-check may start one (CopyEngine.cached)."""
         plans = []
         for field in fields:
             image = field.image
@@ -76,7 +81,7 @@ class Planner:
                 )
                 continue
             assert reading.source is not None
-            cached = self._engine.cached(reading.source, reading.target, keyring)
+            cached = self._engine.cached(reading.source, reading.target, keyring, refresh=refresh)
             if cached is not None:
                 result, valid_until = cached
                 plans.append(

@@ -205,13 +205,16 @@ class CopyEngine:
         source: Reference,
         target: Repository | None = None,
         keyring: DockerConfig | None = None,
+        *,
+        refresh: bool = True,
     ) -> tuple[CopyResult, float | None] | None:
         """A cached backup of `source` and until when an answer made from it may be reused
         without asking again (None: for good).
 
         No I/O and no waiting: this is the admission hot path. A tag's backup near or past
         the end of its lifetime is still answered while one re-check runs in the background
-        (started here, on the event loop); see `_recheck`. `target` saves working out the
+        (started here, on the event loop, unless `refresh` is false: a re-check may copy, and
+        audits and dry runs never do); see `_recheck`. `target` saves working out the
         backup name again when the caller knows it.
         """
         key = self._result_key(source, target, source.tag, keyring)
@@ -224,7 +227,7 @@ class CopyEngine:
         now = self._clock()
         if now < entry.refresh_at:
             return entry.result, entry.refresh_at
-        if now >= entry.retry_at:
+        if refresh and now >= entry.retry_at:
             self._rechecks.start(key, lambda: self._recheck(key, entry, keyring))
         if now < entry.fresh_until:
             return entry.result, entry.fresh_until
@@ -288,15 +291,12 @@ class CopyEngine:
         self, source: Reference, *, deadline: float, keyring: DockerConfig | None = None
     ) -> CopyResult | None:
         """The backup of `source` if it already exists, found without writing or caching."""
-        cached = self.cached(source, keyring=keyring)
+        cached = self.cached(source, keyring=keyring, refresh=False)
         if cached is not None:
             return cached[0]
         target = self.target_for(source)
         digest = await self.resolve(source, deadline=deadline, keyring=keyring)
-        found = await self._client.head_manifest(
-            target, anchor_tag(digest), deadline=deadline, push=True
-        )
-        if found is None or found.digest != digest:
+        if not await self._holds(target, digest, deadline):
             return None
         backup = Reference(target.host, target.path, source.tag, digest)
         return CopyResult(source, backup, already_backed_up=True)
