@@ -7,8 +7,10 @@ repository, skopeo and ours interleaved (their order alternating between repetit
 * skopeo runs as a whole process with a cold blob-info cache; its time is the process's;
 * ours runs in a fresh ``bench.worker`` process; its time is ``engine.copy`` alone, as a
   long-running webhook performs it. The worker's whole-process wall time is shown too;
-* for one case (WHOLE_CASE) ``image-backup copy`` also runs as a whole process, exactly as
-  an operator runs it, against skopeo's whole process: start-up, imports and all.
+* for one case (WHOLE_CASE) ``image-backup copy`` also runs as a whole process, as an
+  operator runs it, against skopeo's whole process: start-up, imports and all. It runs from
+  an installed layout (see ``install``), not from this checkout's editable install, whose
+  import hooks and uncompiled sources an operator's installation does not have.
 
 Every copy is checked: the target must serve the source's digest (``skopeo inspect``), and
 on the first repetition every blob of ours is read back and hashed. Exit status 1 if a bar
@@ -25,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +114,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_timed(argv: list[str], *, env: dict[str, str] | None = None) -> Run:
+def run_timed(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | Path = ROOT) -> Run:
     """Run a program to completion: its wall time and peak RSS."""
     with tempfile.TemporaryDirectory(prefix="ibw-bench-run-") as d:
         out, err, measured = (os.path.join(d, n) for n in ("out", "err", "measured"))
@@ -122,7 +125,7 @@ def run_timed(argv: list[str], *, env: dict[str, str] | None = None) -> Run:
                 stdout=o,
                 stderr=e,
                 env=env,
-                cwd=ROOT,
+                cwd=cwd,
                 start_new_session=True,  # one process group: killed as one below
             )
             try:
@@ -183,11 +186,40 @@ def ours_copy(config: str, source: str, target: str, warm: str | None) -> tuple[
     return run, json.loads(run.stdout)
 
 
-def cli_copy(config: str, source: str, target: str) -> Run:
+def install(work: str) -> str:
+    """A Python with the project installed as a wheel installs it: the packages in its
+    site-packages, their bytecode compiled; no editable-install hook. The dependencies are
+    this environment's (a path in a .pth file), so nothing is downloaded. Returns the
+    interpreter."""
+    venv = os.path.join(work, "installed")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    site = sysconfig.get_path("purelib", vars={"base": venv, "platbase": venv})
+    Path(site, "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    for package in ("webhook", "certs"):  # what pyproject.toml packages
+        shutil.copytree(
+            ROOT / package,
+            os.path.join(site, package),
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    subprocess.run([sys.executable, "-m", "compileall", "-q", site], check=True)
+    python = os.path.join(venv, "bin", "python")
+    found = subprocess.run(
+        [python, "-c", "import webhook; print(webhook.__file__)"],
+        cwd=os.path.dirname(python),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not found.startswith(site):
+        raise RuntimeError(f"the installed Python imports webhook from {found}, not {site}")
+    return python
+
+
+def cli_copy(python: str, config: str, source: str, target: str) -> Run:
     """``image-backup copy SOURCE --to TARGET``: the command an operator types."""
-    return run_timed(
-        [sys.executable, "-m", "webhook", "copy", source, "--to", target, "--config", config]
-    )
+    argv = [python, "-m", "webhook", "copy", source, "--to", target, "--config", config]
+    # Not from the checkout: `-m` puts the working directory first on the path.
+    return run_timed(argv, cwd=os.path.dirname(python))
 
 
 def verify(target: Registry, repo: str, expected: str, what: str) -> None:
@@ -243,6 +275,7 @@ class Bench:
             )
         self.digests: dict[str, str] = {}
         self.results: dict[str, Samples] = {}
+        self.python = install(work)
 
     def prepare(self, case: Case) -> None:
         print(f"generating and pushing {case.name}", file=sys.stderr)
@@ -284,7 +317,7 @@ class Bench:
         if case.name != WHOLE_CASE:
             return
         src_ref, repo = f"{self.source.host}/src/{case.slug}:v1", f"bench/{case.slug}/cli-{rep}"
-        run = cli_copy(self.config, src_ref, f"{self.target.host}/{repo}:{TAG}")
+        run = cli_copy(self.python, self.config, src_ref, f"{self.target.host}/{repo}:{TAG}")
         expected = self.digests[case.name]
         if not run.stdout.strip().endswith(f"@{expected}"):
             raise RuntimeError(f"image-backup copy printed {run.stdout!r}, expected {expected}")

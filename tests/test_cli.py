@@ -235,8 +235,9 @@ def test_every_error_class_the_cli_reports_exists() -> None:
 def test_every_problem_of_a_config_is_its_own_line(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("backupRegistry: {host: b.io, pathStyle: deep}\ncopy: {concurrency: 0}\n")
-    done = run("copy", "nginx", "--config", str(path))
+    done, loaded = modules_loaded(tmp_path, "copy", "nginx", "--config", str(path))
     assert done.returncode == 2
+    assert "aiohttp" not in loaded  # reading a configuration does not load the HTTP stack
     assert done.stderr.splitlines() == [
         f"image-backup: error: {path}: backupRegistry.pathStyle: "
         "Input should be 'nested' or 'flat'",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from webhook import config
-from webhook.registry.transport import Endpoint
+from webhook.registry.endpoint import Endpoint
 
 
 def write(tmp_path: Path, text: str) -> Path:

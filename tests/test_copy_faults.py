@@ -9,7 +9,14 @@ import pytest
 
 from tests.helpers import deadline, engine_for, make_config, plain, plain_to
 from tests.support import images, skopeo
-from tests.support.faultproxy import FaultProxyFactory, corrupt, reset_after, serve, status
+from tests.support.faultproxy import (
+    FaultProxyFactory,
+    corrupt,
+    delay,
+    reset_after,
+    serve,
+    status,
+)
 from tests.support.registries import Registry, RegistryFactory, write_docker_config
 from webhook.reference import parse
 from webhook.registry.errors import (
@@ -299,3 +306,38 @@ async def test_an_insecure_registry_down_at_first_contact_is_asked_again(
         result = await engine.backup(source, deadline=deadline())
     assert result.digest == pushed.digest
     images.read_back(target.backdoor_url, result.backup.repository, pushed.digest)
+
+
+async def test_a_blob_is_read_while_its_upload_opens(
+    plain_registry: Registry,
+    basic_registry: Registry,
+    pushed: images.Image,
+    unique_repo: str,
+    fault_proxy: FaultProxyFactory,
+) -> None:
+    # Opening an upload is a round trip (and a password check); the source is asked for the
+    # blob meanwhile, not after. Here every upload takes half a second to open.
+    source, target = fault_proxy(plain_registry), fault_proxy(basic_registry)
+    target.add(delay(0.5, method="POST", path=r"/blobs/uploads/$"))
+    async with engine_for(plain_to(source, target)) as engine:
+        await engine.backup(parse(f"{source.host}/{unique_repo}:v1"), deadline=deadline())
+    opened = min(e.time for e in target.requests("POST", r"/blobs/uploads/$"))
+    for blob in pushed.layers:
+        [read] = source.requests("GET", f"/blobs/{blob.digest}$")
+        assert read.time < opened
+
+
+async def test_an_upload_the_source_fails_is_cancelled_before_the_retry(
+    plain_registry: Registry,
+    basic_registry: Registry,
+    pushed: images.Image,
+    unique_repo: str,
+    fault_proxy: FaultProxyFactory,
+) -> None:
+    source, target = fault_proxy(plain_registry), fault_proxy(basic_registry)
+    big_layer = pushed.layers[0].digest
+    source.add(reset_after(100_000, method="GET", path=f"/blobs/{big_layer}$", times=1))
+    async with engine_for(plain_to(source, target)) as engine:
+        result = await engine.backup(parse(f"{source.host}/{unique_repo}:v1"), deadline=deadline())
+    assert len(target.requests("DELETE", r"/blobs/uploads/.+")) == 1
+    images.read_back(basic_registry.backdoor_url, result.backup.repository, pushed.digest)

@@ -21,7 +21,7 @@ from pydantic.alias_generators import to_camel
 
 from .naming import Scheme
 from .reference import InvalidReference, Reference
-from .registry.transport import Endpoint
+from .registry.endpoint import Endpoint
 from .text import one_line
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

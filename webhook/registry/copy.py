@@ -15,9 +15,9 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from yarl import URL
 
@@ -40,6 +40,9 @@ from .flight import SingleFlight
 from .known import KnownBlobs
 from .media import IMAGE_CONFIG_TYPES, Descriptor, Manifest, platform_of_config
 from .retry import retrying
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 log = logging.getLogger("image_backup.copy")
 
@@ -407,8 +410,9 @@ class CopyEngine:
     async def _copy_new(self, job: _Job, digest: str) -> _Tree:
         # A repository that never had a tag holds at most left-overs of an interrupted
         # copy: sending those again costs less than asking about every blob.
-        job.check_existing = await self._client.has_tags(job.dst, deadline=job.deadline)
-        manifest = await self._fetch_manifest(job, digest)
+        job.check_existing, manifest = await _both(
+            self._client.has_tags(job.dst, deadline=job.deadline), self._fetch_manifest(job, digest)
+        )
         work = [self._copy_manifest(job, manifest, anchor_tag(digest))]
         if self._coordinator is not None and not manifest.is_index:
             work.append(self._note_platform(job, manifest.blobs[0]))
@@ -480,7 +484,6 @@ class CopyEngine:
         client, dst, deadline = self._client, job.dst, job.deadline
         async with self._slots:
             mount_from = self._known.mount_source(blob.digest, dst)
-            location: URL | None
             if mount_from is not None:
                 location = await client.start_upload(
                     dst, blob.digest, deadline=deadline, mount_from=mount_from.path
@@ -488,40 +491,55 @@ class CopyEngine:
                 if location is None:
                     self._known.add(dst, blob.digest)
                     return BlobOutcome.MOUNTED
+                await self._upload(job, blob, location)
             elif job.check_existing and await client.blob_exists(
                 dst, blob.digest, deadline=deadline
             ):
                 self._known.add(dst, blob.digest)
                 return BlobOutcome.PRESENT
             else:
-                location = await client.start_upload(dst, blob.digest, deadline=deadline)
-            assert location is not None
-            try:
-                await self._stream(job, blob, location)
-            except Exception:
-                with suppress(RegistryError):
-                    await client.cancel_upload(dst, location, deadline=time.monotonic() + 5)
-                raise
+                await self._upload(job, blob, None)
             self._known.add(dst, blob.digest)
             return BlobOutcome.UPLOADED
 
-    async def _stream(self, job: _Job, blob: Descriptor, location: URL) -> None:
-        client, deadline = self._client, job.deadline
-        async with client.open_blob(
-            job.src, blob.digest, deadline=deadline, keyring=job.keyring
-        ) as chunks:
-            source = reading_blob(job.src, blob.digest)
-            check = _VerifiedStream(chunks, blob, source, self._progress)
+    async def _upload(self, job: _Job, blob: Descriptor, location: URL | None) -> None:
+        """Stream the blob from the source into the upload at `location`, or a new one.
+        Both ends are opened at once: each is a round trip, and on a busy registry a slow
+        one (a password check), so a blob that waits for neither starts streaming sooner."""
+        client, dst, deadline = self._client, job.dst, job.deadline
+        started: list[URL] = []
+
+        async def start_upload() -> None:
+            url = location or await client.start_upload(dst, blob.digest, deadline=deadline)
+            assert url is not None  # only a mount answers without one
+            started.append(url)
+
+        async with AsyncExitStack() as stack:
+            opening = client.open_blob(job.src, blob.digest, deadline=deadline, keyring=job.keyring)
             try:
-                await client.finish_upload(
-                    job.dst, location, blob, check.chunks(), deadline=deadline
-                )
-            except RegistryError:
-                if check.failure is not None:
-                    raise check.failure from None
+                _, chunks = await _both(start_upload(), stack.enter_async_context(opening))
+                await self._stream(job, blob, started[0], chunks)
+            except Exception:
+                if started:
+                    with suppress(RegistryError):
+                        await client.cancel_upload(dst, started[0], deadline=time.monotonic() + 5)
                 raise
+
+    async def _stream(
+        self, job: _Job, blob: Descriptor, location: URL, chunks: AsyncIterator[bytes]
+    ) -> None:
+        source = reading_blob(job.src, blob.digest)
+        check = _VerifiedStream(chunks, blob, source, self._progress)
+        try:
+            await self._client.finish_upload(
+                job.dst, location, blob, check.chunks(), deadline=job.deadline
+            )
+        except RegistryError:
             if check.failure is not None:
-                raise check.failure
+                raise check.failure from None
+            raise
+        if check.failure is not None:
+            raise check.failure
 
 
 @dataclass(slots=True)
@@ -609,6 +627,16 @@ async def _all(work: Iterable[Coroutine[Any, Any, None]]) -> None:
                 group.create_task(item)
     except BaseExceptionGroup as grouped:
         raise _first_leaf(grouped) from None
+
+
+async def _both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:
+    """Both at once, as `_all` runs them: their results."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            a, b = group.create_task(first), group.create_task(second)
+    except BaseExceptionGroup as grouped:
+        raise _first_leaf(grouped) from None
+    return a.result(), b.result()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -6,12 +6,12 @@ about sockets, certificates, status codes and 401 dances lives here.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
 import ssl
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,13 +22,12 @@ from yarl import URL
 from ..text import one_line
 from .auth import RegistryAuth, Request, Response
 from .credentials import Credential, DockerConfig
+from .endpoint import Endpoint, verifying_context
 from .errors import NotFound, Operation, RegistryError, TransientError, Unauthorized
 from .flight import SingleFlight
 from .retry import parse_retry_after, remaining, retrying
 
 USER_AGENT = "image-backup-webhook/0.1"
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_ENDPOINT = "https://registry-1.docker.io"
 MAX_TOKEN_RESPONSE = 1 << 20
 # What OpenSSL says when the other end answers a TLS hello in plain HTTP.
 PLAIN_HTTP_REPLIES = frozenset(
@@ -45,17 +44,6 @@ ERRNO_WORDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """How one registry (named as in image references) is actually reached."""
-
-    host: str
-    url: str | None = None  # "https://mirror.internal:5000"; None: https://host
-    insecure: bool = False  # allow plain HTTP and unverified TLS for this registry only
-    ca_file: str | None = None  # trusted in addition to the system CAs
-    token_file: str | None = None  # bearer token re-read at each use
-
-
 class Transport:
     """One connection pool for all registries, with per-registry TLS and auth state."""
 
@@ -70,7 +58,7 @@ class Transport:
         self._docker_config = docker_config or DockerConfig()
         self._auth: dict[str, RegistryAuth] = {}
         self._base_urls: dict[str, URL] = {}
-        self._ssl: dict[str, ssl.SSLContext | bool] = {}
+        self._contexts: dict[str, asyncio.Future[ssl.SSLContext]] = {}
         self._token_fetches: SingleFlight[tuple[str, str, str], Response] = SingleFlight()
         self._probes: SingleFlight[str, URL] = SingleFlight()
         self._session = aiohttp.ClientSession(
@@ -87,6 +75,9 @@ class Transport:
         await self._session.close()
 
     async def __aenter__(self) -> Transport:
+        for endpoint in self._endpoints.values():  # their CAs load while the work starts
+            if endpoint.ca_file and not endpoint.insecure:
+                self._tls_context(endpoint)
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -96,7 +87,7 @@ class Transport:
         found = self._endpoints.get(host)
         if found is not None:
             return found
-        return Endpoint(host, DOCKER_HUB_ENDPOINT if host == DOCKER_HUB else None)
+        return Endpoint.default(host)
 
     async def base_url(self, host: str, deadline: float) -> URL:
         known = self._base_urls.get(host)
@@ -208,7 +199,7 @@ class Transport:
                 request.url,
                 headers=request.headers,
                 data=request.data,
-                ssl=self._ssl_for(host, request.url),
+                ssl=await self._ssl_for(host, request.url),
                 timeout=timeout,
                 allow_redirects=True,
             )
@@ -237,20 +228,32 @@ class Transport:
             self._auth[host] = auth
         return auth
 
-    def _ssl_for(self, host: str, url: URL) -> ssl.SSLContext | bool:
+    async def _ssl_for(self, host: str, url: URL) -> ssl.SSLContext | bool:
         if url.scheme != "https":
             return True  # ignored by aiohttp for plain HTTP
-        context = self._ssl.get(host)
+        endpoint = self.endpoint(host)
+        if endpoint.insecure:
+            return False
+        if not endpoint.ca_file:
+            return True  # aiohttp's own verifying context, loaded once at its import
+        building = self._tls_context(endpoint)
+        try:
+            return await asyncio.shield(building)
+        except (OSError, ValueError):
+            if self._contexts.get(host) is building:
+                del self._contexts[host]  # a CA file fixed since is read at the next request
+            raise
+
+    def _tls_context(self, endpoint: Endpoint) -> asyncio.Future[ssl.SSLContext]:
+        """The context for a registry with its own CA, built once and on a thread: the first
+        request to it, or to another registry meanwhile, does not wait on the event loop."""
+        context = self._contexts.get(endpoint.host)
         if context is None:
-            endpoint = self.endpoint(host)
-            if endpoint.insecure:
-                context = False
-            elif endpoint.ca_file:
-                context = ssl.create_default_context()
-                context.load_verify_locations(cafile=endpoint.ca_file)
-            else:
-                context = True  # aiohttp's own verifying context: loading the CAs takes 20 ms
-            self._ssl[host] = context
+            assert endpoint.ca_file is not None
+            context = asyncio.ensure_future(asyncio.to_thread(verifying_context, endpoint.ca_file))
+            # Retrieved here: a context started ahead and never used is no lost error.
+            context.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._contexts[endpoint.host] = context
         return context
 
     async def _find_base_url(self, host: str, deadline: float) -> URL:
