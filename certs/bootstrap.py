@@ -216,13 +216,14 @@ def _publish_ca_bundle(
 
 def _read_secret(core: client.CoreV1Api, names: Names) -> client.V1Secret | None:
     try:
-        return core.read_namespaced_secret(
+        secret: client.V1Secret = core.read_namespaced_secret(
             names.secret, names.namespace, _request_timeout=TIMEOUT_SECONDS
         )
     except client.ApiException as exc:
         if exc.status == 404:
             return None
         raise
+    return secret
 
 
 def _create_secret(core: client.CoreV1Api, names: Names, stored: Stored) -> None:

@@ -12,6 +12,7 @@ from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -47,7 +48,7 @@ def hub_config(backup: Registry, docker_hub: str, **settings: Any) -> Config:
         docker_config=backup.docker_config,
         prefix=f"t{secrets.token_hex(4)}",
     )
-    return config.model_copy(update=settings)
+    return msgspec.structs.replace(config, **settings)
 
 
 @asynccontextmanager
@@ -312,8 +313,8 @@ async def test_exclusions_leave_images_alone(
     elif change == "annotation":
         review["request"]["object"]["metadata"]["annotations"]["image-backup.io/skip"] = "true"
     else:
-        exclude = exclude.model_copy(update={"images": ["docker.io/library/*"]})
-    async with admission(config.model_copy(update={"exclude": exclude})) as (webhook, metrics):
+        exclude = msgspec.structs.replace(exclude, images=["docker.io/library/*"])
+    async with admission(msgspec.structs.replace(config, exclude=exclude)) as (webhook, metrics):
         response = response_of(await webhook.review(body(review), "enforce"), review)
     assert response["allowed"] is True and "patch" not in response
     assert 'image_backup_images_total{outcome="excluded"} 2.0' in metrics.render()[0].decode()
@@ -408,8 +409,8 @@ async def test_a_remembered_answer_expires_with_the_tag_it_was_built_on(
     moving = images.make_image(image_cache, [5_000], seed=950, fmt="oci")
     images.push(plain_registry.backdoor_url, "library/alpine", "edge", hub["library/alpine:3.19"])
     config = hub_config(basic_registry, source.url)
-    config = config.model_copy(
-        update={"copy_settings": config.copy_settings.model_copy(update={"tag_cache_seconds": 2})}
+    config = msgspec.structs.replace(
+        config, copy_settings=msgspec.structs.replace(config.copy_settings, tag_cache_seconds=2)
     )
     review = sample("pod-create-bare")
     pod_spec(review["request"]["object"])["containers"][0]["image"] = "alpine:edge"

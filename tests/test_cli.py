@@ -240,9 +240,8 @@ def test_every_problem_of_a_config_is_its_own_line(tmp_path: Path) -> None:
     assert "aiohttp" not in loaded  # reading a configuration does not load the HTTP stack
     assert done.stderr.splitlines() == [
         f"image-backup: error: {path}: backupRegistry.pathStyle: "
-        "Input should be 'nested' or 'flat'",
-        f"image-backup: error: {path}: copy.concurrency: "
-        "Input should be greater than or equal to 1",
+        "must be 'nested' or 'flat', not 'deep'",
+        f"image-backup: error: {path}: copy.concurrency: Expected `int` >= 1",
     ]
 
 

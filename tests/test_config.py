@@ -62,20 +62,20 @@ copy:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("registries: []", "test.yaml: backupRegistry: Field required"),
+        ("registries: []", "test.yaml: backupRegistry: required"),
         (
             "backupRegistry: {host: b.io, pathStyle: deep}",
-            "backupRegistry.pathStyle: Input should be 'nested' or 'flat'",
+            "backupRegistry.pathStyle: must be 'nested' or 'flat', not 'deep'",
         ),
         (
             "backupRegistry: {host: b.io, prefx: m}",
-            "backupRegistry.prefx: Extra inputs are not permitted",
+            "backupRegistry.prefx: unknown key",
         ),
         ("backupRegistry: {host: 'B_AD'}", "backupRegistry.host: not a registry host"),
         ("backupRegistry: {host: b.io, prefix: UPPER}", "backupRegistry: invalid backup scheme"),
         (
             "backupRegistry: {host: b.io, caFile: /nonexistent/ca.crt}",
-            "backupRegistry.caFile: Path does not point to a file",
+            "backupRegistry.caFile: no such file",
         ),
         (
             "backupRegistry: {host: b.io}\nregistries: [{host: a.io, endpoint: 'http://m:5000'}]",
@@ -87,13 +87,22 @@ copy:
         ),
         (
             "backupRegistry: {host: b.io}\ncopy: {concurrency: 0}",
-            "copy.concurrency: Input should be greater than or equal to 1",
+            "copy.concurrency: Expected `int` >= 1",
         ),
         (
             "backupRegistry: {host: b.io}\ncredentials: {dockerConfig: /nonexistent.json}",
-            "credentials.dockerConfig: Path does not point to a file",
+            "credentials.dockerConfig: no such file",
         ),
         ("- just\n- a list", "expected a mapping at the top level"),
+        ("backupRegistry: {host: b.io}\ncopy: 5", "test.yaml: copy: expected a mapping"),
+        (
+            "backupRegistry: {host: b.io}\nexclude: {images: [nginx, 7]}",
+            "exclude.images[1]: Expected `str`, got `int`",
+        ),
+        (
+            "backupRegistry: {host: b.io, caFile: /}",
+            "backupRegistry.caFile: not a file",
+        ),
         (
             "backupRegistry: [unclosed",
             "test.yaml:1:26: not valid YAML: expected ',' or ']', but got '<stream end>'",
@@ -108,7 +117,7 @@ copy:
         ),
         (
             "backupRegistry: {host: b.io}\nserver: {keepAliveSeconds: 0}",
-            "server.keepAliveSeconds: Input should be greater than 0",
+            "server.keepAliveSeconds: Expected `float` > 0.0",
         ),
     ],
 )
@@ -166,3 +175,37 @@ def test_server_defaults(tmp_path: Path) -> None:
     assert server.address == "0.0.0.0"  # every IPv4 interface, as before the key existed
     assert server.keep_alive_seconds > 90  # the kube-apiserver's idle timeout: it closes first
     assert server.request_body_timeout_seconds == 10
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    # In different sections, in one section, in a list's items: all of them, one per line,
+    # and a section's own rules only where its keys are sound.
+    path = write(
+        tmp_path,
+        """
+backupRegistry: {host: b.io, pathStyle: deep, insecure: maybe}
+registries: [{host: a.io, endpoint: 'http://m'}, {host: 'B_AD'}]
+copy: {concurrency: 0, timeoutSeconds: -1}
+records: {heartbeatSeconds: 40}
+surprise: 1
+""",
+    )
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path)
+    assert str(caught.value).splitlines() == [
+        f"{path}: surprise: unknown key",
+        f"{path}: backupRegistry.pathStyle: must be 'nested' or 'flat', not 'deep'",
+        f"{path}: backupRegistry.insecure: Expected `bool`, got `str`",
+        f"{path}: registries[0]: a plain http:// endpoint needs insecure: true",
+        f'{path}: registries[1].host: not a registry host: registry host "B_AD" is invalid',
+        f"{path}: copy.concurrency: Expected `int` >= 1",
+        f"{path}: copy.timeoutSeconds: Expected `float` > 0.0",
+        f"{path}: records: heartbeatSeconds must be at most half of staleAfterSeconds",
+    ]
+
+
+def test_values_as_yaml_strings_are_read_as_their_type(tmp_path: Path) -> None:
+    loaded = config.load(
+        write(tmp_path, "backupRegistry: {host: b.io, insecure: 'true'}\nserver: {port: '9443'}")
+    )
+    assert loaded.backup_registry.insecure is True and loaded.server.port == 9443

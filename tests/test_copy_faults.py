@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.helpers import deadline, engine_for, make_config, plain, plain_to
@@ -235,8 +236,8 @@ async def test_tls_is_verified_unless_the_registry_is_marked_insecure(
         backup_insecure=False,
     )
     assert untrusted.backup_registry.ca_file is not None
-    no_ca = untrusted.model_copy(
-        update={"backup_registry": untrusted.backup_registry.model_copy(update={"ca_file": None})}
+    no_ca = msgspec.structs.replace(
+        untrusted, backup_registry=msgspec.structs.replace(untrusted.backup_registry, ca_file=None)
     )
     async with engine_for(no_ca) as engine:
         with pytest.raises(

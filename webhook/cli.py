@@ -214,7 +214,7 @@ async def _self_signed(args: argparse.Namespace, settings: Server) -> AsyncItera
 
     names = _names(args)
     with api_client() as api:
-        files = (settings.cert_file, settings.key_file)
+        files = (Path(settings.cert_file), Path(settings.key_file))
         await asyncio.to_thread(ensure_files, api, names, *files)
         keeper = asyncio.create_task(
             keep_files_current(api, names, *files, interval=args.cert_check_interval),
