@@ -455,11 +455,11 @@ async def test_run_touches_writes_uses_in_the_background(
         touching.cancel()
 
 
-async def test_ready_lists_the_ready_backups_with_their_repository_and_blobs(
+async def test_ready_lists_the_ready_backups_with_what_was_backed_up_and_since_when(
     fake_kube: FakeKube, open_records: Opener
 ) -> None:
     blobs = ["sha256:" + "01" * 32, "sha256:" + "02" * 32]
-    seed(fake_kube, {"phase": "Ready"}, blobs=blobs)
+    seed(fake_kube, {"phase": "Ready", "firstUsed": "2026-11-02T10:00:00.000000Z"}, blobs=blobs)
     other = "sha256:" + "cd" * 32
     seed(
         fake_kube,
@@ -474,8 +474,8 @@ async def test_ready_lists_the_ready_backups_with_their_repository_and_blobs(
 
     ready = await open_records("replica-a").ready()
     assert sorted(ready, key=lambda backup: backup.backup_repo) == [
-        ReadyBackup(REPO, DIGEST, tuple(blobs)),
-        ReadyBackup("localhost:5000/app", other, ()),
+        ReadyBackup(REPO, DIGEST, tuple(blobs), SOURCE, BACKUP, "2026-11-02T10:00:00.000000Z"),
+        ReadyBackup("localhost:5000/app", other, (), SOURCE, f"localhost:5000/app@{other}"),
     ]
 
 

@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -20,7 +20,9 @@ from certs import SECRET_NAME
 if TYPE_CHECKING:
     from certs.bootstrap import Names
 
+    from .cluster import Cluster
     from .config import Config, Server
+    from .metrics import Metrics
     from .reference import Reference
     from .registry.client import Repository
     from .tls import ReloadingCertificate
@@ -248,6 +250,79 @@ async def _certs(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def _backfill(args: argparse.Namespace, config: Config) -> int:
+    """One pass over what already runs, as `serve` makes it periodically."""
+    from .backfill import Backfill
+    from .engine import open_engine
+    from .metrics import Metrics
+
+    async with (
+        _cluster(config, Metrics(), "backfill") as cluster,
+        open_engine(config, coordinator=cluster.coordinator) as engine,
+    ):
+        backfill = Backfill(
+            engine, cluster.workloads, config, pull=cluster.pull, notices=cluster.events
+        )
+        with _counter("workloads") as done:
+            summary = await backfill.run(
+                namespaces=args.namespaces or (), dry_run=args.dry_run, done=done
+            )
+    print("\n".join(summary.lines()))
+    return EXIT_FAILED if summary.failures else 0
+
+
+async def _status(args: argparse.Namespace, config: Config) -> int:
+    """Every running container's image: protected, backed up, unprotected or excluded."""
+    from . import status
+    from .admission.exclusion import Exclusions
+    from .admission.plan import Planner
+    from .engine import open_engine
+    from .metrics import Metrics
+
+    # The engine only names backups here: it is asked nothing that needs a registry.
+    async with _cluster(config, Metrics(), "status") as cluster, open_engine(config) as engine:
+        found = await status.rows(
+            workloads=cluster.workloads,
+            ready=await cluster.records.ready(),
+            planner=Planner(engine, config.exclude.images),
+            exclusions=Exclusions(config.exclude.namespaces),
+            namespaces=args.namespaces or (),
+        )
+    print(status.table(found) if args.output == "table" else status.as_json(found))
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _cluster(config: Config, metrics: Metrics, command: str) -> AsyncIterator[Cluster]:
+    from .cluster import connect
+    from .kube.client import KubeError
+
+    async with connect(config, metrics) as cluster:
+        if cluster is None:
+            raise KubeError(f"{command} reads the cluster: no Kubernetes API (KUBECONFIG unset)")
+        yield cluster
+
+
+@contextlib.contextmanager
+def _counter(unit: str) -> Iterator[Callable[[object], None]]:
+    """A running count on a terminal; elsewhere nothing (a CronJob's log gets the summary)."""
+    if not sys.stderr.isatty():
+        yield _ignore
+        return
+    from tqdm import tqdm
+
+    with tqdm(unit=f" {unit}", leave=False) as bar:
+
+        def advance(_: object) -> None:
+            bar.update()
+
+        yield advance
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
 def _names(args: argparse.Namespace) -> Names:
     from certs.bootstrap import Names
 
@@ -417,6 +492,37 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--mode", choices=["enforce", "audit"], default="enforce")
     review.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     review.set_defaults(command=_review)
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="back up the images of the workloads already running in opted-in namespaces",
+    )
+    backfill.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="only this opted-in namespace; repeatable (default: all of them)",
+    )
+    backfill.add_argument(
+        "--dry-run", action="store_true", help="copy nothing: say what would be backed up"
+    )
+    backfill.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
+    backfill.set_defaults(command=_backfill)
+
+    status = commands.add_parser(
+        "status", help="which running images are protected by a backup, and which are not"
+    )
+    status.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="only this opted-in namespace; repeatable (default: all of them)",
+    )
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
+    status.set_defaults(command=_status)
     return parser
 
 

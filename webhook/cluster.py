@@ -1,5 +1,6 @@
 """What the webhook uses of the cluster it serves: workloads' pull credentials, Events on
-the objects it admits, and the ImageBackup records through which replicas share copies.
+the objects it admits, the ImageBackup records through which replicas share copies, and
+the workloads that already run (for backfill and status).
 
 Outside a cluster (no service account, no KUBECONFIG) the webhook still works alone:
 every workload gets the configured registry logins, and nothing is recorded.
@@ -24,6 +25,7 @@ from .kube.client import KubeError, api_client, available
 from .kube.events import KubeEvents
 from .kube.pullsecrets import PullCredentials
 from .kube.records import BackupRecords
+from .kube.workloads import Workloads
 from .metrics import Metrics
 from .registry.client import Repository
 from .registry.copy import CopyEngine, Stored
@@ -39,6 +41,7 @@ class Cluster:
     events: KubeEvents
     records: BackupRecords
     coordinator: Coordination
+    workloads: Workloads
 
 
 class Coordination:
@@ -126,7 +129,8 @@ async def connect(config: Config, metrics: Metrics) -> AsyncIterator[Cluster | N
         )
         touching = asyncio.create_task(records.run_touches(), name="imagebackup-last-used")
         try:
-            yield Cluster(pull, events, records, Coordination(records, metrics))
+            coordination = Coordination(records, metrics)
+            yield Cluster(pull, events, records, coordination, Workloads(api))
         finally:
             touching.cancel()
             with contextlib.suppress(asyncio.CancelledError):

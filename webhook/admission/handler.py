@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import time
 from typing import Protocol
 
@@ -17,13 +16,13 @@ from ..registry.cache import ExpiringCache, footprint
 from ..registry.client import Repository
 from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
-from ..registry.errors import RegistryError
-from ..text import one_line, quoted
+from ..text import quoted
 from .decisions import BackupUses, Decision, Mode, Outcome, Records
+from .exclusion import Exclusions
 from .notices import Notices, notify
 from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
-from .plan import Action, ImagePlan, Planner
+from .plan import Action, ImagePlan, Planner, reason
 from .pods import (
     EPHEMERAL_CONTAINERS,
     ImageField,
@@ -47,7 +46,6 @@ class PullKeyrings(Protocol):
         ...
 
 
-SKIP_ANNOTATION = "image-backup.io/skip"
 # The API server prefixes audit annotation keys with the webhook's name and drops keys
 # that are not qualified names; a webhook named image-backup.io yields the audit
 # annotation "image-backup.io/would-back-up".
@@ -79,9 +77,7 @@ class Admission:
         self._budget = config.admission_budget_seconds
         self._copy_timeout = config.copy_settings.timeout_seconds
         self._allow_on_failure = config.on_failure == "allow"
-        namespaces = config.exclude.namespaces
-        self._excluded_namespace_names = frozenset(n for n in namespaces if not _is_glob(n))
-        self._excluded_namespace_globs = tuple(n for n in namespaces if _is_glob(n))
+        self._exclusions = Exclusions(config.exclude.namespaces)
         self._planner = Planner(engine, config.exclude.images)
         self._records = Records(metrics, events, uses)
         self._background: set[asyncio.Task[CopyResult | None]] = set()
@@ -118,7 +114,7 @@ class Admission:
             return self._answered(request, mode, AdmissionResponse(), Outcome(), started)
         metadata = obj.metadata
         annotations = metadata.annotations if metadata is not None else None
-        if self._excluded(request.namespace, annotations):
+        if self._exclusions.excludes(request.namespace, annotations):
             outcome = Outcome(counts={Action.EXCLUDED.value: len(fields)})
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
         recorded = annotations.get(ORIGINAL_IMAGES) if annotations is not None else None
@@ -182,15 +178,6 @@ class Admission:
         else:
             answer = AdmissionResponse(allowed=False, message=f"image-backup: {reason}")
         return self._answered(request, mode, answer, outcome, started)
-
-    def _excluded(self, namespace: str, annotations: dict[str, str] | None) -> bool:
-        if namespace in self._excluded_namespace_names:
-            return True
-        if self._excluded_namespace_globs and any(
-            fnmatch.fnmatchcase(namespace, p) for p in self._excluded_namespace_globs
-        ):
-            return True
-        return annotations is not None and annotations.get(SKIP_ANNOTATION) == "true"
 
     async def _answer(
         self,
@@ -318,7 +305,7 @@ class Admission:
             )
             outcome.count("would_back_up")
         else:
-            outcome.failures.append(f"{image}: {_reason(result)}")
+            outcome.failures.append(f"{image}: {reason(result)}")
             outcome.count("failed")
 
     def _response(
@@ -379,22 +366,10 @@ class Admission:
         return AdmissionResponse(warnings=outcome.warnings or None, audit_annotations=annotations)
 
 
-def _is_glob(pattern: str) -> bool:
-    return any(character in pattern for character in "*?[")
-
-
 def _unpinned(target: Repository, source: Reference) -> str:
     if source.digest:
         return f"{target}@{source.digest}"
     return f"{target}:{source.tag}"
-
-
-def _reason(error: object) -> str:
-    if isinstance(error, TimeoutError):
-        return str(error) or STILL_COPYING
-    if isinstance(error, RegistryError | ValueError):
-        return one_line(error)
-    return f"unexpected error ({type(error).__name__})"
 
 
 def _warning(text: str) -> str:

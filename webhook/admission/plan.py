@@ -15,8 +15,10 @@ from functools import lru_cache
 from ..naming import BackupNameError, Scheme
 from ..reference import MAX_REFERENCE_LENGTH, InvalidReference, Reference, parse
 from ..registry.client import Repository
-from ..registry.copy import CopyEngine, CopyResult
+from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
+from ..registry.errors import RegistryError
+from ..text import one_line
 from .pods import ImageField
 
 
@@ -105,3 +107,12 @@ class Planner:
         except BackupNameError as exc:
             return _Reading(source, Action.INVALID, str(exc))
         return _Reading(source, None, target=target)
+
+
+def reason(error: object) -> str:
+    """Why an image has no backup, in the words a denial, a warning and an Event use."""
+    if isinstance(error, TimeoutError):
+        return str(error) or STILL_COPYING
+    if isinstance(error, RegistryError | ValueError):
+        return one_line(error)
+    return f"unexpected error ({type(error).__name__})"

@@ -53,6 +53,9 @@ class ReadyBackup:
     backup_repo: str
     digest: str
     blobs: tuple[str, ...]
+    source: str = ""  # the reference that was backed up, as workloads named it
+    backup: str = ""  # the pinned backup reference
+    since: str = ""  # when it was first used (RFC 3339), "" if not recorded
 
 
 def record_name(backup_repo: str, digest: str) -> str:
@@ -163,7 +166,8 @@ class BackupRecords:
             await self.touch_used()
 
     async def ready(self) -> list[ReadyBackup]:
-        """The backups recorded as Ready, to start with what other replicas made."""
+        """The backups recorded as Ready: to start with what other replicas made, and to
+        say what is protected."""
         listed = await self._request(
             f"listing ImageBackups in {self._namespace}", self._custom.list_namespaced_custom_object
         )
@@ -172,7 +176,17 @@ class BackupRecords:
             if _phase(record) == READY:
                 spec = record["spec"]
                 blobs = tuple(spec.get("blobs") or ())
-                backups.append(ReadyBackup(_repository(spec["backup"]), spec["digest"], blobs))
+                backup, status = spec["backup"], record.get("status") or {}
+                backups.append(
+                    ReadyBackup(
+                        _repository(backup),
+                        spec["digest"],
+                        blobs,
+                        spec.get("source") or "",
+                        backup,
+                        status.get("firstUsed") or "",
+                    )
+                )
         return backups
 
     async def close(self) -> None:

@@ -1,0 +1,184 @@
+"""`image-backup backfill`, and the same pass in `serve`: back up what already runs.
+
+Admission guards the moment a workload is written. A namespace labelled today still runs
+yesterday's Deployments, and a CronJob made last month keeps starting Jobs, from images
+nobody backed up. A pass walks every workload of every namespace labelled
+``image-backup.io/mode`` and does for each image what an admission of it would:
+
+* enforce: an image that is neither a backup nor excluded is backed up, with the copy
+  engine (and through it the ImageBackup records) and the workload's own pull credentials
+  (its imagePullSecrets and its ServiceAccount's). Nothing else changes, so nothing rolls
+  out: the backup exists, and the workload's next update is admitted from memory;
+* audit, and any dry run: nothing is copied; the registries are asked (read-only) whether
+  each backup exists, and the summary says what enforce would do.
+
+What a pass guarantees: every image of every workload it lists is decided once; a copy that
+fails is reported (an ``ImageBackupFailed`` Event on the workload, with the words a denial
+uses, and the summary) and never stops the pass, and the next pass tries it again. Copies
+run concurrently across images, within the copy engine's global ``copy.concurrency``,
+which admissions share: a pass never holds more than that many transfers. What it does not
+guarantee: a workload created while it runs may or may not be listed (admission covers it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from .admission.exclusion import Exclusions
+from .admission.notices import Notices
+from .admission.plan import Action, ImagePlan, Planner, reason
+from .admission.pods import image_fields, pod_spec, pull_identity
+from .config import Config
+from .kube.events import InvolvedObject
+from .kube.pullsecrets import PullCredentials
+from .kube.workloads import Workload, Workloads
+from .registry.copy import CopyEngine, CopyResult
+from .registry.credentials import DockerConfig
+from .text import quoted
+
+# What became of each image, as the summary and the metrics count it.
+COPIED = "copied"  # backed up by this pass
+BACKED_UP = "backed_up"  # a backup exists; the workload does not run from it (yet)
+WOULD_BACK_UP = "would_back_up"  # audit or dry run: enforce would copy it
+PROTECTED = "protected"  # the workload runs from a backup already
+EXCLUDED = "excluded"
+FAILED = "failed"
+OUTCOMES = (COPIED, BACKED_UP, WOULD_BACK_UP, PROTECTED, EXCLUDED, FAILED)
+
+
+@dataclass
+class Summary:
+    namespaces: int = 0
+    workloads: int = 0
+    images: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)  # "NS/Kind/name: image: reason"
+
+    def lines(self) -> list[str]:
+        counts = ", ".join(f"{self.images[o]} {o.replace('_', ' ')}" for o in OUTCOMES)
+        return [
+            f"{self.namespaces} namespaces, {self.workloads} workloads, "
+            f"{sum(self.images.values())} images: {counts}",
+            *(f"failed: {failure}" for failure in self.failures),
+        ]
+
+
+class Backfill:
+    def __init__(
+        self,
+        engine: CopyEngine,
+        workloads: Workloads,
+        config: Config,
+        *,
+        pull: PullCredentials | None = None,
+        notices: Notices | None = None,
+    ) -> None:
+        """`pull` None: every workload gets the configured credentials; `notices` None:
+        no Kubernetes Events."""
+        self._engine = engine
+        self._workloads = workloads
+        self._pull = pull
+        self._notices = notices
+        self._planner = Planner(engine, config.exclude.images)
+        self._exclusions = Exclusions(config.exclude.namespaces)
+        self._copy_timeout = config.copy_settings.timeout_seconds
+        # Workloads decided at once: enough to keep every transfer slot busy, few enough
+        # that a namespace of thousands is never all in memory.
+        self._in_flight = 2 * config.copy_settings.concurrency
+
+    async def run(
+        self,
+        *,
+        namespaces: Collection[str] = (),
+        dry_run: bool = False,
+        done: Callable[[Workload], None] | None = None,
+    ) -> Summary:
+        """One pass over the opted-in namespaces (`namespaces`: only these); `done` is
+        called after each workload (a progress bar)."""
+        summary = Summary()
+        slots = asyncio.Semaphore(self._in_flight)
+
+        async def decide(workload: Workload) -> None:
+            try:
+                await self._workload(workload, dry_run, summary)
+            finally:
+                slots.release()
+                if done is not None:
+                    done(workload)
+
+        async with asyncio.TaskGroup() as group:
+            for namespace, mode in await self._workloads.namespaces(namespaces):
+                summary.namespaces += 1
+                async for workload in self._workloads.in_namespace(namespace, mode):
+                    summary.workloads += 1
+                    await slots.acquire()
+                    group.create_task(decide(workload))
+        return summary
+
+    async def _workload(self, workload: Workload, dry_run: bool, summary: Summary) -> None:
+        group, kind = workload.kind.group, workload.kind.kind
+        spec = pod_spec(group, kind, workload.obj)
+        fields = image_fields(group, kind, spec, sub_resource="") if spec is not None else []
+        if spec is None or not fields:
+            return
+        if self._exclusions.excludes(workload.namespace, workload.annotations):
+            summary.images[EXCLUDED] += len(fields)
+            return
+        keyring = None
+        if self._pull is not None:
+            keyring, _ = await self._pull.keyring(workload.namespace, *pull_identity(spec))
+        copy = workload.mode == "enforce" and not dry_run
+        plans = self._planner.plan(fields, keyring, refresh=False)
+        outcomes = await asyncio.gather(*(self._image(plan, copy, keyring) for plan in plans))
+        copied, failed = [], []
+        for plan, (outcome, detail) in zip(plans, outcomes, strict=True):
+            summary.images[outcome] += 1
+            image = quoted(plan.field.image)
+            if outcome == COPIED:
+                copied.append(f"{image} as {detail}")
+            elif outcome == FAILED:
+                failed.append(f"{image}: {detail}")
+        where = f"{workload.namespace}/{kind}/{workload.name}"
+        summary.failures.extend(f"{where}: {failure}" for failure in failed)
+        if copy and self._notices is not None:
+            involved = InvolvedObject(
+                workload.kind.api_version, kind, workload.namespace, workload.name, workload.uid
+            )
+            if copied:
+                self._notices.emit(involved, "ImageBackedUp", "; ".join(copied))
+            if failed:
+                count = f"{len(failed)} image{'s' if len(failed) > 1 else ''}"
+                message = f"image-backup: {count} could not be backed up: " + "; ".join(failed)
+                self._notices.emit(involved, "ImageBackupFailed", message, warning=True)
+
+    async def _image(
+        self, plan: ImagePlan, copy: bool, keyring: DockerConfig | None
+    ) -> tuple[str, str]:
+        """(outcome, the backup or why it failed) of one image."""
+        if plan.action is Action.EXCLUDED:
+            return EXCLUDED, ""
+        if plan.action is Action.ALREADY_BACKED_UP:
+            return PROTECTED, ""
+        if plan.action is Action.INVALID:
+            return FAILED, plan.problem or ""
+        if plan.action is Action.REWRITE:
+            assert plan.backup is not None
+            return BACKED_UP, str(plan.backup.backup)
+        assert plan.source is not None
+        deadline = time.monotonic() + self._copy_timeout
+        try:
+            result: CopyResult | None
+            if copy:
+                result = await self._engine.backup(plan.source, deadline=deadline, keyring=keyring)
+            else:
+                result = await self._engine.lookup(plan.source, deadline=deadline, keyring=keyring)
+        except Exception as exc:  # every failure is the image's, reported: the pass goes on
+            return FAILED, reason(exc)
+        if result is None:
+            return WOULD_BACK_UP, ""
+        if copy and not result.already_backed_up:
+            return COPIED, str(result.backup)
+        return BACKED_UP, str(result.backup)

@@ -1,0 +1,199 @@
+"""Every workload of the opted-in namespaces, read page by page.
+
+Admission sees an object when it is written; a backfill pass or a status report needs all
+of those that already exist. Lists are paginated (``limit``/``continue``), so a namespace of
+tens of thousands of objects is never one response, and each page is decoded with msgspec
+into the few fields images need, as an admission review is: the rest of each object is
+skipped, not built.
+
+A page whose continue token expired (the API server answers 410 after compacting) restarts
+that kind's list: objects already seen are seen again, which a pass tolerates (its copies
+are remembered), and none is missed. DeploymentConfigs are listed where the API has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from kubernetes import client
+
+from ..admission.objects import KubeObject
+from .client import TIMEOUT_SECONDS, KubeError, translated
+
+MODE_LABEL = "image-backup.io/mode"
+MODES = ("enforce", "audit")
+PAGE_SIZE = 500  # kubectl's chunk size
+RESTARTS = 3  # an expired continue token restarts a list at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def prefix(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+
+DEPLOYMENT_CONFIGS = Kind("apps.openshift.io", "v1", "deploymentconfigs", "DeploymentConfig")
+# The kinds admission handles (pods.POD_SPEC_PATHS), controllers after what they create:
+# nothing depends on the order, but a report reads best from the top down.
+KINDS = (
+    Kind("batch", "v1", "cronjobs", "CronJob"),
+    Kind("batch", "v1", "jobs", "Job"),
+    Kind("apps", "v1", "deployments", "Deployment"),
+    Kind("apps", "v1", "statefulsets", "StatefulSet"),
+    Kind("apps", "v1", "daemonsets", "DaemonSet"),
+    Kind("apps", "v1", "replicasets", "ReplicaSet"),
+    Kind("", "v1", "replicationcontrollers", "ReplicationController"),
+    Kind("", "v1", "podtemplates", "PodTemplate"),
+    Kind("", "v1", "pods", "Pod"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    namespace: str
+    mode: str  # the namespace's image-backup.io/mode: "enforce" or "audit"
+    kind: Kind
+    obj: KubeObject
+
+    @property
+    def name(self) -> str:
+        return (self.obj.metadata.name if self.obj.metadata else None) or ""
+
+    @property
+    def uid(self) -> str:
+        return (self.obj.metadata.uid if self.obj.metadata else None) or ""
+
+    @property
+    def annotations(self) -> dict[str, str] | None:
+        return self.obj.metadata.annotations if self.obj.metadata else None
+
+    @property
+    def controlled(self) -> bool:
+        """Made by a controller (a ReplicaSet's Pods, a CronJob's Jobs): its controller is
+        the object to change, not it."""
+        owners = self.obj.metadata.ownerReferences if self.obj.metadata else None
+        return any(owner.controller for owner in owners or ())
+
+
+class _ListMeta(msgspec.Struct, gc=False):
+    continue_: str | None = msgspec.field(default=None, name="continue")
+
+
+class _Page(msgspec.Struct, gc=False):
+    metadata: _ListMeta | None = None
+    items: list[KubeObject] = []
+
+
+class _NamespaceMeta(msgspec.Struct, gc=False):
+    name: str = ""
+    labels: dict[str, str] | None = None
+
+
+class _Namespace(msgspec.Struct, gc=False):
+    metadata: _NamespaceMeta | None = None
+
+
+class _Namespaces(msgspec.Struct, gc=False):
+    metadata: _ListMeta | None = None
+    items: list[_Namespace] = []
+
+
+class Workloads:
+    """Reads workloads through the API server, on threads (the client is synchronous)."""
+
+    def __init__(self, api: client.ApiClient, *, page_size: int = PAGE_SIZE) -> None:
+        self._api = api
+        self._page_size = page_size
+        self._kinds: tuple[Kind, ...] | None = None
+        self._pages = msgspec.json.Decoder(_Page)
+        self._namespace_pages = msgspec.json.Decoder(_Namespaces)
+
+    async def namespaces(self, only: Collection[str] = ()) -> list[tuple[str, str]]:
+        """(namespace, mode) of every namespace that opted in, by name; `only`: of these."""
+        found = []
+        async for page in self._list("/api/v1/namespaces", "namespaces", self._namespace_pages):
+            for item in page.items:
+                meta = item.metadata
+                mode = (meta.labels or {}).get(MODE_LABEL) if meta else None
+                if meta and mode in MODES and (not only or meta.name in only):
+                    found.append((meta.name, mode))
+        return sorted(found)
+
+    async def kinds(self) -> tuple[Kind, ...]:
+        """The kinds to walk: DeploymentConfigs too where the API has them."""
+        if self._kinds is None:
+            path = DEPLOYMENT_CONFIGS.prefix
+            try:
+                await asyncio.to_thread(self._get, path, [], f"discovering {path}")
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+                self._kinds = KINDS
+            else:
+                self._kinds = (DEPLOYMENT_CONFIGS, *KINDS)
+        return self._kinds
+
+    async def in_namespace(self, namespace: str, mode: str) -> AsyncIterator[Workload]:
+        for kind in await self.kinds():
+            path = f"{kind.prefix}/namespaces/{namespace}/{kind.plural}"
+            async for page in self._list(path, f"{kind.plural} in {namespace}", self._pages):
+                for obj in page.items:
+                    yield Workload(namespace, mode, kind, obj)
+
+    async def _list(
+        self, path: str, what: str, decoder: msgspec.json.Decoder[Any]
+    ) -> AsyncIterator[Any]:
+        """The pages of a list, restarted if its continue token expires."""
+        restarts = 0
+        token = ""
+        while True:
+            query: list[tuple[str, Any]] = [("limit", self._page_size)]
+            if token:
+                query.append(("continue", token))
+            try:
+                raw = await asyncio.to_thread(self._get, path, query, f"listing {what}")
+            except KubeError as exc:
+                if exc.status != 410 or not token or restarts >= RESTARTS:
+                    raise
+                restarts, token = restarts + 1, ""
+                continue
+            try:
+                page = decoder.decode(raw)
+            except msgspec.ValidationError as exc:
+                raise KubeError(f"listing {what}: unexpected answer: {exc}") from None
+            yield page
+            token = (page.metadata.continue_ if page.metadata else None) or ""
+            if not token:
+                return
+
+    def _get(self, path: str, query: list[tuple[str, Any]], doing: str) -> bytes:
+        """The raw answer: the client's models would build every field of every object."""
+        with translated(self._api, doing):
+            method, url, headers, body, post = self._api.param_serialize(
+                "GET",
+                path,
+                query_params=query,
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+            )
+            response = self._api.call_api(
+                method, url, headers, body, post, _request_timeout=TIMEOUT_SECONDS
+            )
+            data: bytes = response.response.data
+            if not 200 <= response.status <= 299:
+                raise client.ApiException(http_resp=response)
+        return data

@@ -1,0 +1,124 @@
+"""`image-backup status`: what runs unprotected, at a glance.
+
+For every container of every workload in the opted-in namespaces, one row: ``protected``
+(it runs from a backup), ``backed-up`` (a backup of its image exists; the workload has not
+been updated to it since), ``unprotected`` (no backup is recorded), or ``excluded``, with
+the backup and the day it was first used. It reads the cluster and the ImageBackup records
+only: no registry is asked and nothing is copied, so it is quick and safe to run with read
+access. What it cannot see: a backup made without records (a webhook outside the cluster,
+or records that could not be written) counts as missing until a backfill pass records it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
+
+import orjson
+
+from .admission.exclusion import Exclusions
+from .admission.plan import Action, Planner
+from .admission.pods import image_fields, pod_spec
+from .kube.records import ReadyBackup
+from .kube.workloads import Workloads
+from .reference import Reference
+
+PROTECTED, BACKED_UP, UNPROTECTED, EXCLUDED = "protected", "backed-up", "unprotected", "excluded"
+STATES = (PROTECTED, BACKED_UP, UNPROTECTED, EXCLUDED)
+COLUMNS = ("NAMESPACE", "WORKLOAD", "CONTAINER", "IMAGE", "STATE", "BACKUP", "SINCE")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    namespace: str
+    workload: str  # Kind/name
+    container: str
+    image: str
+    state: str
+    backup: str = ""
+    since: str = ""  # the day the backup was first used, YYYY-MM-DD
+
+
+class _Backups:
+    """The Ready records, found by what workloads name: the source reference they were
+    made from, or (for an image that is a backup) the backup itself."""
+
+    def __init__(self, ready: Sequence[ReadyBackup]) -> None:
+        self._by_source: dict[str, ReadyBackup] = {}
+        self._by_backup: dict[tuple[str, str], ReadyBackup] = {}
+        # Oldest first, so that for a tag backed up again after it moved, the newest wins.
+        for backup in sorted(ready, key=lambda b: b.since):
+            self._by_source[backup.source] = backup
+            self._by_backup[(backup.backup_repo, backup.digest)] = backup
+
+    def of_source(self, source: Reference) -> ReadyBackup | None:
+        return self._by_source.get(str(source))
+
+    def of_backup(self, image: Reference) -> ReadyBackup | None:
+        if image.digest is None:
+            return None
+        return self._by_backup.get((f"{image.registry}/{image.repository}", image.digest))
+
+
+async def rows(
+    *,
+    workloads: Workloads,
+    ready: Sequence[ReadyBackup],
+    planner: Planner,
+    exclusions: Exclusions,
+    namespaces: Collection[str] = (),
+) -> list[Row]:
+    backups = _Backups(ready)
+    found = []
+    for namespace, mode in await workloads.namespaces(namespaces):
+        async for workload in workloads.in_namespace(namespace, mode):
+            group, kind = workload.kind.group, workload.kind.kind
+            spec = pod_spec(group, kind, workload.obj)
+            if spec is None:
+                continue
+            fields = image_fields(group, kind, spec, sub_resource="")
+            excluded = exclusions.excludes(namespace, workload.annotations)
+            name = f"{kind}/{workload.name}"
+            for plan in planner.plan(fields, refresh=False):
+                state, record = UNPROTECTED, None
+                if excluded or plan.action is Action.EXCLUDED:
+                    state = EXCLUDED
+                elif plan.action is Action.ALREADY_BACKED_UP:
+                    assert plan.source is not None
+                    state, record = PROTECTED, backups.of_backup(plan.source)
+                elif plan.source is not None:
+                    record = backups.of_source(plan.source)
+                    state = BACKED_UP if record is not None else UNPROTECTED
+                backup = record.backup if record else ""
+                if state == PROTECTED and not backup:
+                    backup = plan.field.image
+                since = record.since[:10] if record else ""
+                field = plan.field
+                found.append(
+                    Row(namespace, name, field.container, field.image, state, backup, since)
+                )
+    return found
+
+
+def summary(found: Sequence[Row]) -> str:
+    counts = Counter(row.state for row in found)
+    return f"{len(found)} containers: " + ", ".join(f"{counts[s]} {s}" for s in STATES)
+
+
+def table(found: Sequence[Row]) -> str:
+    cells = [COLUMNS]
+    for r in found:
+        row = (r.namespace, r.workload, r.container, r.image, r.state)
+        cells.append((*row, r.backup or "-", r.since or "-"))
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = [
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join([*lines, "", summary(found)])
+
+
+def as_json(found: Sequence[Row]) -> str:
+    counts = Counter(row.state for row in found)
+    document = {"containers": [asdict(r) for r in found], "summary": {s: counts[s] for s in STATES}}
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
