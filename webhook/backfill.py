@@ -7,10 +7,14 @@ nobody backed up. A pass walks every workload of every namespace labelled
 
 * enforce: an image that is neither a backup nor excluded is backed up, with the copy
   engine (and through it the ImageBackup records) and the workload's own pull credentials
-  (its imagePullSecrets and its ServiceAccount's). Nothing else changes, so nothing rolls
-  out: the backup exists, and the workload's next update is admitted from memory;
-* audit, and any dry run: nothing is copied; the registries are asked (read-only) whether
-  each backup exists, and the summary says what enforce would do.
+  (its imagePullSecrets and its ServiceAccount's). By default nothing else changes, so
+  nothing rolls out: the backup exists, and the workload's next update is admitted from
+  memory. With backfill.rewrite, top-level workloads (no controller above them) backed up
+  in full are then updated through the API server, at most rewritesPerMinute a minute,
+  each rewrite being a rollout: the update touches one annotation, and the webhook
+  admitting it rewrites the images and records the originals as for any update;
+* audit, and any dry run: nothing is copied or changed; the registries are asked
+  (read-only) whether each backup exists, and the summary says what enforce would do.
 
 What a pass guarantees: every image of every workload it lists is decided once; a copy that
 fails is reported (an ``ImageBackupFailed`` Event on the workload, with the words a denial
@@ -27,15 +31,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from .admission.exclusion import Exclusions
 from .admission.notices import Notices
 from .admission.plan import Action, ImagePlan, Planner, reason
 from .admission.pods import image_fields, pod_spec, pull_identity
 from .config import Config
+from .kube.client import KubeError
 from .kube.events import InvolvedObject
 from .kube.pullsecrets import PullCredentials
 from .kube.workloads import Workload, Workloads
+from .metrics import Metrics
 from .registry.copy import CopyEngine, CopyResult
 from .registry.credentials import DockerConfig
 from .text import quoted
@@ -48,6 +55,21 @@ PROTECTED = "protected"  # the workload runs from a backup already
 EXCLUDED = "excluded"
 FAILED = "failed"
 OUTCOMES = (COPIED, BACKED_UP, WOULD_BACK_UP, PROTECTED, EXCLUDED, FAILED)
+# Set on a workload the pass rewrites: the update that makes the webhook rewrite it.
+BACKFILLED = "image-backup.io/backfilled"
+# A Job's pod template cannot change once created: the API server refuses the update.
+IMMUTABLE_TEMPLATES = frozenset({"Job"})
+
+
+# How the metric image_backup_workload_images names each outcome.
+STATES = {
+    COPIED: "backed_up",
+    BACKED_UP: "backed_up",
+    WOULD_BACK_UP: "unprotected",
+    FAILED: "unprotected",
+    PROTECTED: "protected",
+    EXCLUDED: "excluded",
+}
 
 
 @dataclass
@@ -55,13 +77,30 @@ class Summary:
     namespaces: int = 0
     workloads: int = 0
     images: Counter[str] = field(default_factory=Counter)
+    by_namespace: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # "NS/Kind/name: image: reason"
+    rewritten: list[str] = field(default_factory=list)  # "NS/Kind/name"
+
+    def count(self, namespace: str, outcome: str, images: int = 1) -> None:
+        self.images[outcome] += images
+        self.by_namespace.setdefault(namespace, Counter())[outcome] += images
+
+    def export(self, metrics: Metrics) -> None:
+        """The metric image_backup_workload_images, as this pass found the workloads."""
+        metrics.workload_images.clear()  # a namespace no longer opted in drops out
+        for namespace, counts in self.by_namespace.items():
+            states: Counter[str] = Counter()
+            for outcome, images in counts.items():
+                states[STATES[outcome]] += images
+            for state in set(STATES.values()):
+                metrics.workload_images.labels(namespace, state).set(states[state])
 
     def lines(self) -> list[str]:
         counts = ", ".join(f"{self.images[o]} {o.replace('_', ' ')}" for o in OUTCOMES)
         return [
             f"{self.namespaces} namespaces, {self.workloads} workloads, "
             f"{sum(self.images.values())} images: {counts}",
+            *(f"rewritten: {workload}" for workload in self.rewritten),
             *(f"failed: {failure}" for failure in self.failures),
         ]
 
@@ -75,35 +114,48 @@ class Backfill:
         *,
         pull: PullCredentials | None = None,
         notices: Notices | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`pull` None: every workload gets the configured credentials; `notices` None:
-        no Kubernetes Events."""
+        no Kubernetes Events; `metrics` None: copies are not counted."""
         self._engine = engine
+        self._metrics = metrics
         self._workloads = workloads
         self._pull = pull
         self._notices = notices
         self._planner = Planner(engine, config.exclude.images)
         self._exclusions = Exclusions(config.exclude.namespaces)
         self._copy_timeout = config.copy_settings.timeout_seconds
-        # Workloads decided at once: enough to keep every transfer slot busy, few enough
-        # that a namespace of thousands is never all in memory.
-        self._in_flight = 2 * config.copy_settings.concurrency
+        concurrency = config.copy_settings.concurrency
+        # Workloads decided at once: enough to keep the pass's copies busy, few enough that
+        # a namespace of thousands is never all in memory.
+        self._in_flight = 2 * concurrency
+        # Copies the pass makes at once: half the engine's transfer slots at most, so an
+        # admission that must copy never waits behind a pass.
+        self._copies = asyncio.Semaphore(max(1, concurrency // 2))
+        settings = config.backfill
+        self._rewrite = settings.rewrite
+        self._rewrite_spacing = 60.0 / settings.rewrites_per_minute
 
     async def run(
         self,
         *,
         namespaces: Collection[str] = (),
         dry_run: bool = False,
+        rewrite: bool | None = None,
         done: Callable[[Workload], None] | None = None,
     ) -> Summary:
-        """One pass over the opted-in namespaces (`namespaces`: only these); `done` is
-        called after each workload (a progress bar)."""
+        """One pass over the opted-in namespaces (`namespaces`: only these); `rewrite`
+        overrides backfill.rewrite; `done` is called after each workload (a progress bar)."""
         summary = Summary()
         slots = asyncio.Semaphore(self._in_flight)
+        rewrites: list[Workload] = []
+        rewriting = (self._rewrite if rewrite is None else rewrite) and not dry_run
 
         async def decide(workload: Workload) -> None:
             try:
-                await self._workload(workload, dry_run, summary)
+                if await self._workload(workload, dry_run, summary) and rewriting:
+                    rewrites.append(workload)
             finally:
                 slots.release()
                 if done is not None:
@@ -116,17 +168,53 @@ class Backfill:
                     summary.workloads += 1
                     await slots.acquire()
                     group.create_task(decide(workload))
+        for index, workload in enumerate(rewrites):
+            if index:  # each rewrite rolls a workload out: at most rewritesPerMinute
+                await asyncio.sleep(self._rewrite_spacing)
+            await self._rewrite_one(workload, summary)
         return summary
 
-    async def _workload(self, workload: Workload, dry_run: bool, summary: Summary) -> None:
+    async def _rewrite_one(self, workload: Workload, summary: Summary) -> None:
+        """Update the workload through the API server, touching only an annotation of its
+        own: the webhook, admitting the update, rewrites its images from the backups the
+        pass made, and records the originals, exactly as for any other update."""
+        where = f"{workload.namespace}/{workload.kind.kind}/{workload.name}"
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            stored = await self._workloads.annotate(workload, BACKFILLED, stamp)
+        except KubeError as exc:
+            summary.failures.append(f"{where}: not rewritten: {exc}")
+            return
+        group, kind = workload.kind.group, workload.kind.kind
+        spec = pod_spec(group, kind, stored)
+        fields = image_fields(group, kind, spec, sub_resource="") if spec is not None else []
+        left = [
+            plan.field.image
+            for plan in self._planner.plan(fields, refresh=False)
+            if plan.action not in (Action.ALREADY_BACKED_UP, Action.EXCLUDED)
+        ]
+        if left:
+            summary.failures.append(
+                f"{where}: not rewritten: the update was admitted with "
+                + ", ".join(quoted(image) for image in left)
+                + " unchanged (is the webhook registered for this namespace?)"
+            )
+            return
+        summary.rewritten.append(where)
+        if self._metrics is not None:
+            self._metrics.backfill_rewrites.inc()
+
+    async def _workload(self, workload: Workload, dry_run: bool, summary: Summary) -> bool:
+        """Whether the workload is one to rewrite: its own (no controller), backed up in
+        full, not yet running from its backups."""
         group, kind = workload.kind.group, workload.kind.kind
         spec = pod_spec(group, kind, workload.obj)
         fields = image_fields(group, kind, spec, sub_resource="") if spec is not None else []
         if spec is None or not fields:
-            return
+            return False
         if self._exclusions.excludes(workload.namespace, workload.annotations):
-            summary.images[EXCLUDED] += len(fields)
-            return
+            summary.count(workload.namespace, EXCLUDED, len(fields))
+            return False
         keyring = None
         if self._pull is not None:
             keyring, _ = await self._pull.keyring(workload.namespace, *pull_identity(spec))
@@ -135,7 +223,7 @@ class Backfill:
         outcomes = await asyncio.gather(*(self._image(plan, copy, keyring) for plan in plans))
         copied, failed = [], []
         for plan, (outcome, detail) in zip(plans, outcomes, strict=True):
-            summary.images[outcome] += 1
+            summary.count(workload.namespace, outcome)
             image = quoted(plan.field.image)
             if outcome == COPIED:
                 copied.append(f"{image} as {detail}")
@@ -153,6 +241,13 @@ class Backfill:
                 count = f"{len(failed)} image{'s' if len(failed) > 1 else ''}"
                 message = f"image-backup: {count} could not be backed up: " + "; ".join(failed)
                 self._notices.emit(involved, "ImageBackupFailed", message, warning=True)
+        return (
+            copy
+            and not failed
+            and not workload.controlled
+            and kind not in IMMUTABLE_TEMPLATES
+            and any(outcome in (COPIED, BACKED_UP) for outcome, _ in outcomes)
+        )
 
     async def _image(
         self, plan: ImagePlan, copy: bool, keyring: DockerConfig | None
@@ -168,17 +263,29 @@ class Backfill:
             assert plan.backup is not None
             return BACKED_UP, str(plan.backup.backup)
         assert plan.source is not None
-        deadline = time.monotonic() + self._copy_timeout
+        started = time.monotonic()
+        deadline = started + self._copy_timeout
         try:
             result: CopyResult | None
             if copy:
-                result = await self._engine.backup(plan.source, deadline=deadline, keyring=keyring)
+                async with self._copies:
+                    result = await self._engine.backup(
+                        plan.source, deadline=deadline, keyring=keyring
+                    )
             else:
                 result = await self._engine.lookup(plan.source, deadline=deadline, keyring=keyring)
         except Exception as exc:  # every failure is the image's, reported: the pass goes on
+            if copy and self._metrics is not None:
+                self._metrics.copies.labels("failed").inc()
             return FAILED, reason(exc)
         if result is None:
             return WOULD_BACK_UP, ""
+        if copy and self._metrics is not None:
+            self._metrics.copied(
+                time.monotonic() - started,
+                already_present=result.already_backed_up,
+                uploaded=result.stats.bytes_uploaded,
+            )
         if copy and not result.already_backed_up:
             return COPIED, str(result.backup)
         return BACKED_UP, str(result.backup)

@@ -265,7 +265,10 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
         )
         with _counter("workloads") as done:
             summary = await backfill.run(
-                namespaces=args.namespaces or (), dry_run=args.dry_run, done=done
+                namespaces=args.namespaces or (),
+                dry_run=args.dry_run,
+                rewrite=True if args.rewrite else None,
+                done=done,
             )
     print("\n".join(summary.lines()))
     return EXIT_FAILED if summary.failures else 0
@@ -506,6 +509,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument(
         "--dry-run", action="store_true", help="copy nothing: say what would be backed up"
+    )
+    backfill.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="also update top-level workloads to run from their backups (each rolls out); "
+        "default: backfill.rewrite",
     )
     backfill.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     backfill.set_defaults(command=_backfill)

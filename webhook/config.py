@@ -150,6 +150,15 @@ class Server(_Section, frozen=True):
             ) from None
 
 
+class BackfillSettings(_Section, frozen=True):
+    """The pass over what already runs (see webhook/backfill.py)."""
+
+    interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 600.0  # 0: no pass in serve
+    # Also update top-level workloads to run from their backups; each update rolls out.
+    rewrite: bool = False
+    rewrites_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 10
+
+
 def own_namespace() -> str | None:
     """The namespace this webhook runs in (downward API or the service-account mount), or
     None outside a pod."""
@@ -179,6 +188,7 @@ class Config(_Section, frozen=True):
     admission_budget_seconds: Seconds = 25.0
     on_failure: Literal["deny", "allow"] = "deny"
     exclude: Exclude = msgspec.field(default_factory=Exclude)
+    backfill: BackfillSettings = msgspec.field(default_factory=BackfillSettings)
 
     def __post_init__(self) -> None:
         hosts = [r.host for r in self.registries]

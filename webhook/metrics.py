@@ -11,13 +11,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
 _COPY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+_PASS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class AdmissionTally(Collector):
@@ -109,12 +110,46 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.workload_images = Gauge(
+            "image_backup_workload_images",
+            "Images of the workloads in opted-in namespaces, by state, as the last backfill "
+            "pass found them.",
+            ["namespace", "state"],  # protected, backed_up, unprotected, excluded
+            registry=self.registry,
+        )
+        self.backfill_passes = Counter(
+            "image_backup_backfill_passes_total",
+            "Backfill passes, by result (completed: every workload decided; failed: the "
+            "cluster could not be read).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.backfill_seconds = Histogram(
+            "image_backup_backfill_duration_seconds",
+            "Time one backfill pass took.",
+            buckets=_PASS_BUCKETS,
+            registry=self.registry,
+        )
+        self.backfill_rewrites = Counter(
+            "image_backup_backfill_rewrites_total",
+            "Workloads a backfill pass updated to run from their backups.",
+            registry=self.registry,
+        )
         self.coordinated = Counter(
             "image_backup_coordinated_copies_total",
             "Copies needed by this replica, by who made them (ImageBackup records).",
             ["by"],  # this_replica, other_replica, uncoordinated (records unavailable)
             registry=self.registry,
         )
+
+    def copied(self, seconds: float, *, already_present: bool, uploaded: int) -> None:
+        """One copy that succeeded, made for an admission or a backfill pass."""
+        self.copy_seconds.observe(seconds)
+        if already_present:
+            self.copies.labels("already_present").inc()
+        else:
+            self.copies.labels("copied").inc()
+            self.copied_bytes.inc(uploaded)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -264,12 +264,11 @@ class Admission:
         except Exception:
             self._metrics.copies.labels("failed").inc()
             raise
-        self._metrics.copy_seconds.observe(time.monotonic() - started)
-        if result.already_backed_up:
-            self._metrics.copies.labels("already_present").inc()
-        else:
-            self._metrics.copies.labels("copied").inc()
-            self._metrics.copied_bytes.inc(result.stats.bytes_uploaded)
+        self._metrics.copied(
+            time.monotonic() - started,
+            already_present=result.already_backed_up,
+            uploaded=result.stats.bytes_uploaded,
+        )
         return result
 
     def _settle(

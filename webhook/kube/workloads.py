@@ -28,6 +28,7 @@ MODE_LABEL = "image-backup.io/mode"
 MODES = ("enforce", "audit")
 PAGE_SIZE = 500  # kubectl's chunk size
 RESTARTS = 3  # an expired continue token restarts a list at most this often
+MERGE_PATCH = "application/merge-patch+json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +139,7 @@ class Workloads:
         if self._kinds is None:
             path = DEPLOYMENT_CONFIGS.prefix
             try:
-                await asyncio.to_thread(self._get, path, [], f"discovering {path}")
+                await asyncio.to_thread(self._request, "GET", path, [], f"discovering {path}")
             except KubeError as exc:
                 if exc.status != 404:
                     raise
@@ -154,6 +155,20 @@ class Workloads:
                 for obj in page.items:
                     yield Workload(namespace, mode, kind, obj)
 
+    async def annotate(self, workload: Workload, key: str, value: str) -> KubeObject:
+        """Set one annotation on the object, through the API server and so through every
+        admission webhook: the object as stored after them."""
+        path = f"{workload.kind.prefix}/namespaces/{workload.namespace}/{workload.kind.plural}"
+        body = {"metadata": {"annotations": {key: value}}}
+        doing = f"updating {workload.kind.kind} {workload.namespace}/{workload.name}"
+        raw = await asyncio.to_thread(
+            self._request, "PATCH", f"{path}/{workload.name}", [], doing, body
+        )
+        try:
+            return msgspec.json.decode(raw, type=KubeObject)
+        except msgspec.ValidationError as exc:
+            raise KubeError(f"{doing}: unexpected answer: {exc}") from None
+
     async def _list(
         self, path: str, what: str, decoder: msgspec.json.Decoder[Any]
     ) -> AsyncIterator[Any]:
@@ -165,7 +180,7 @@ class Workloads:
             if token:
                 query.append(("continue", token))
             try:
-                raw = await asyncio.to_thread(self._get, path, query, f"listing {what}")
+                raw = await asyncio.to_thread(self._request, "GET", path, query, f"listing {what}")
             except KubeError as exc:
                 if exc.status != 410 or not token or restarts >= RESTARTS:
                     raise
@@ -180,14 +195,25 @@ class Workloads:
             if not token:
                 return
 
-    def _get(self, path: str, query: list[tuple[str, Any]], doing: str) -> bytes:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]],
+        doing: str,
+        body: object = None,
+    ) -> bytes:
         """The raw answer: the client's models would build every field of every object."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = MERGE_PATCH
         with translated(self._api, doing):
             method, url, headers, body, post = self._api.param_serialize(
-                "GET",
+                method,
                 path,
                 query_params=query,
-                header_params={"Accept": "application/json"},
+                header_params=headers,
+                body=body,
                 auth_settings=["BearerToken"],
             )
             response = self._api.call_api(

@@ -1,0 +1,319 @@
+"""Backfill: a pass over what already runs, through the fake API server (the real client)
+and real registries; and `image-backup status`, which reports on the same workloads."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+import yaml
+
+from tests.admission_helpers import SAMPLE_IMAGES
+from tests.helpers import make_config, tls
+from tests.support import images, skopeo
+from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, SECRETS, FakeKube, Query
+from tests.support.registries import Registry, RegistryFactory
+from tests.workloads import KUBERNETES_KINDS, RESOURCES, create, opt_in, workload
+from webhook.backfill import Backfill, Summary
+from webhook.cluster import Cluster, connect
+from webhook.config import Config
+from webhook.engine import open_engine
+from webhook.kube.client import api_client
+from webhook.kube.workloads import Workloads
+from webhook.metrics import Metrics
+from webhook.reference import parse
+
+TEAM, WATCH, OTHER = "team", "watch", "other"
+
+
+@pytest.fixture
+def private(registry_factory: RegistryFactory, image_cache: str) -> tuple[Registry, str]:
+    """A private source registry (TLS, htpasswd) the webhook has no login for, and an image
+    in it, readable only with a workload's pull secret."""
+    registry = registry_factory(tls=True, auth="basic", username="puller")
+    made = images.make_image(image_cache, [30_000], seed=7300, fmt="oci")
+    images.push(registry.backdoor_url, "team/private", "1.0", made)
+    return registry, f"{registry.host}/team/private:1.0"
+
+
+@pytest.fixture
+def audit_only(plain_registry: Registry, image_cache: str) -> str:
+    """An image only the audit namespace runs (so what audit did not copy can be checked)."""
+    made = images.make_image(image_cache, [20_000], seed=7301, fmt="oci")
+    name = f"library/audit-only-{secrets.token_hex(3)}"
+    images.push(plain_registry.backdoor_url, name, "1", made)
+    return f"{name}:1"
+
+
+def config_for(backup: Registry, hub: Registry, private: Registry, **settings: Any) -> Config:
+    config = make_config(
+        backup,
+        sources=[{"host": "docker.io", "endpoint": hub.url, "insecure": True}, tls(private)],
+        docker_config=backup.docker_config,
+        prefix=f"b{secrets.token_hex(4)}",
+    )
+    exclude = msgspec.structs.replace(config.exclude, images=["docker.io/library/alpine:*"])
+    return msgspec.structs.replace(config, exclude=exclude, **settings)
+
+
+def pull_secret(registry: Registry) -> dict[str, Any]:
+    login = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+    content = {"auths": {registry.host: {"auth": login}}}
+    return {
+        "metadata": {"name": "private-pull"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(content).encode()).decode()},
+    }
+
+
+def populate(
+    kube: FakeKube, *, backup: str, private: tuple[Registry, str], audit_image: str
+) -> None:
+    """Namespace `team` (enforce): one object of every kind, an image already a backup, one
+    excluded, one missing at the source, one private. `watch` (audit), `other` (not opted
+    in), and kube-system (enforce, but excluded by the default configuration)."""
+    hub = [f"docker.io/{name}" for name in SAMPLE_IMAGES]  # nginx 1.25, 1.26, busybox, alpine
+    opt_in(kube, TEAM, "enforce")
+    for index, kind in enumerate(KUBERNETES_KINDS):
+        create(kube, TEAM, workload(kind, f"w{index}", {"main": hub[index % 3]}))
+    create(kube, TEAM, workload("Deployment", "excluded", {"main": hub[3]}))
+    create(kube, TEAM, workload("Deployment", "pinned", {"main": backup}))
+    create(kube, TEAM, workload("DaemonSet", "broken", {"main": "docker.io/library/ghost:0"}))
+    registry, private_image = private
+    kube.store.create(SECRETS, TEAM, pull_secret(registry))
+    pulled_with = {"imagePullSecrets": [{"name": "private-pull"}]}
+    create(kube, TEAM, workload("Job", "private", {"main": private_image}, **pulled_with))
+    opt_in(kube, WATCH, "audit")
+    create(kube, WATCH, workload("Deployment", "audited", {"main": audit_image}))
+    opt_in(kube, OTHER, None)
+    create(kube, OTHER, workload("Deployment", "ignored", {"main": audit_image}))
+    opt_in(kube, "kube-system", "enforce")
+    create(kube, "kube-system", workload("Pod", "system", {"main": audit_image}))
+
+
+@asynccontextmanager
+async def cluster_for(config: Config) -> AsyncIterator[Cluster]:
+    async with connect(config, Metrics()) as cluster:
+        assert cluster is not None
+        yield cluster
+
+
+async def backfill(config: Config, **run: Any) -> Summary:
+    async with (
+        cluster_for(config) as cluster,
+        open_engine(config, coordinator=cluster.coordinator) as engine,
+    ):
+        backfill = Backfill(
+            engine, cluster.workloads, config, pull=cluster.pull, notices=cluster.events
+        )
+        return await backfill.run(**run)
+
+
+def events_in(kube: FakeKube, namespace: str) -> list[dict[str, Any]]:
+    items, _ = kube.store.list_objects(Query(EVENTS, namespace, [], []))
+    return items
+
+
+def workload_writes(kube: FakeKube) -> list[str]:
+    """Writes to workloads through the API (the test's own setup goes to the store)."""
+    plurals = {resource.plural for resource in RESOURCES.values()}
+    return [
+        f"{call.method} {call.path}"
+        for call in kube.calls
+        if call.method != "GET" and call.path.rstrip("/").split("/")[-2:][0] in plurals
+    ]
+
+
+def holds(backup: Registry, config: Config, image: str) -> bool:
+    """Whether the backup registry has any tag in the repository `image` is backed up to."""
+    target = config.backup_registry.scheme().target_for(parse(image))
+    return bool(images.tags(backup.backdoor_url, target.path))
+
+
+def backup_of(config: Config, image: str, digest: str) -> str:
+    target = config.backup_registry.scheme().target_for(parse(image))
+    return f"{target}@{digest}"
+
+
+async def test_a_pass_backs_up_what_enforce_namespaces_run_and_changes_nothing(
+    fake_kube: FakeKube,
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    private: tuple[Registry, str],
+    audit_only: str,
+) -> None:
+    config = config_for(basic_registry, plain_registry, private[0])
+    nginx = hub["library/nginx:1.25"]
+    pinned = backup_of(config, "docker.io/library/nginx:1.25", nginx.digest)
+    populate(fake_kube, backup=pinned, private=private, audit_image=audit_only)
+
+    summary = await backfill(config)
+
+    # Every kind in `team`, the audit namespace and kube-system (excluded); not `other`.
+    assert (summary.namespaces, summary.workloads) == (3, len(KUBERNETES_KINDS) + 6)
+    assert summary.images == {
+        "copied": 4,  # nginx 1.25 and 1.26, busybox, the private image: each copied once
+        "backed_up": len(KUBERNETES_KINDS) - 3,  # the same images in the other kinds
+        "protected": 1,
+        "excluded": 2,  # alpine (by image), kube-system's Pod (by namespace)
+        "would_back_up": 1,  # audit
+        "failed": 1,
+    }
+    [failure] = summary.failures
+    assert failure.startswith("team/DaemonSet/broken: docker.io/library/ghost:0: ")
+    assert "not found" in failure
+    for name in ("library/nginx:1.25", "library/nginx:1.26", "library/busybox:1.36"):
+        backup = backup_of(config, f"docker.io/{name}", hub[name].digest)
+        assert (
+            skopeo.inspect_raw_digest(basic_registry, backup.split("/", 1)[1]) == hub[name].digest
+        )
+    assert not holds(basic_registry, config, f"docker.io/{audit_only}")
+    assert workload_writes(fake_kube) == []  # nothing rolls out
+    records, _ = fake_kube.store.list_objects(Query(IMAGE_BACKUPS, "image-backup", [], []))
+    assert sorted(r["spec"]["source"] for r in records if r["status"]["phase"] == "Ready") == [
+        *sorted(f"docker.io/{n}" for n in list(SAMPLE_IMAGES)[:3]),
+        private[1],
+    ]
+    events = {(e["involvedObject"]["name"], e["reason"]): e for e in events_in(fake_kube, TEAM)}
+    assert "docker.io/library/ghost:0" in events["broken", "ImageBackupFailed"]["message"]
+    assert events["broken", "ImageBackupFailed"]["type"] == "Warning"
+    assert private[1] in events["private", "ImageBackedUp"]["message"]
+
+
+async def test_audit_and_dry_run_copy_nothing(
+    fake_kube: FakeKube,
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    private: tuple[Registry, str],
+    audit_only: str,
+) -> None:
+    config = config_for(basic_registry, plain_registry, private[0])
+    pinned = backup_of(config, "docker.io/library/nginx:1.25", hub["library/nginx:1.25"].digest)
+    populate(fake_kube, backup=pinned, private=private, audit_image=audit_only)
+
+    summary = await backfill(config, dry_run=True)
+
+    assert summary.images["copied"] == 0 and summary.images["backed_up"] == 0
+    assert summary.images["would_back_up"] == len(KUBERNETES_KINDS) + 1 + 1  # + private, audit
+    for name in [*SAMPLE_IMAGES, audit_only]:
+        assert not holds(basic_registry, config, f"docker.io/{name}")
+    assert not holds(basic_registry, config, private[1])
+    assert events_in(fake_kube, TEAM) == []
+    assert fake_kube.store.list_objects(Query(IMAGE_BACKUPS, "image-backup", [], []))[0] == []
+
+
+async def test_a_namespace_can_be_named_and_pages_are_followed(
+    fake_kube: FakeKube,
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    private: tuple[Registry, str],
+) -> None:
+    config = config_for(basic_registry, plain_registry, private[0])
+    opt_in(fake_kube, TEAM, "enforce")
+    opt_in(fake_kube, WATCH, "audit")
+    for index in range(7):
+        create(fake_kube, TEAM, workload("Pod", f"p{index}", {"main": "busybox:1.36"}))
+        create(fake_kube, WATCH, workload("Pod", f"p{index}", {"main": "busybox:1.36"}))
+    with api_client() as api:
+        workloads = Workloads(api, page_size=3)  # several pages of one kind
+        async with open_engine(config) as engine:
+            summary = await Backfill(engine, workloads, config).run(namespaces=[TEAM])
+    assert (summary.namespaces, summary.workloads) == (1, 7)
+    assert summary.images == {"copied": 1, "backed_up": 6}
+    pods = [c for c in fake_kube.calls if c.path.endswith(f"/namespaces/{TEAM}/pods")]
+    assert [c.query.get("limit") for c in pods] == ["3", "3", "3"]
+    assert [bool(c.query.get("continue")) for c in pods] == [False, True, True]
+
+
+async def test_deploymentconfigs_where_the_api_has_them(
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    private: tuple[Registry, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube = FakeKube.start(openshift=True)
+    try:
+        monkeypatch.setenv("KUBECONFIG", kube.write_kubeconfig(tmp_path / "kubeconfig"))
+        config = config_for(basic_registry, plain_registry, private[0])
+        opt_in(kube, TEAM, "enforce")
+        create(kube, TEAM, workload("DeploymentConfig", "dc", {"main": "nginx:1.26"}))
+        summary = await backfill(config)
+    finally:
+        kube.stop()
+    assert (summary.workloads, summary.images) == (1, {"copied": 1})
+
+
+def test_the_cli_pass_and_status(
+    fake_kube: FakeKube,
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    private: tuple[Registry, str],
+    audit_only: str,
+    tmp_path: Path,
+) -> None:
+    config = config_for(basic_registry, plain_registry, private[0])
+    nginx = hub["library/nginx:1.25"]
+    pinned = backup_of(config, "docker.io/library/nginx:1.25", nginx.digest)
+    populate(fake_kube, backup=pinned, private=private, audit_image=audit_only)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_document(config)))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "webhook", *args, "--config", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+    before = cli("status", "-o", "json")
+    done = cli("backfill", "--namespace", TEAM)
+    after = cli("status")
+
+    assert before.returncode == 0, before.stderr
+    assert orjson.loads(before.stdout)["summary"] == {
+        "protected": 1,
+        "backed-up": 0,
+        "unprotected": len(KUBERNETES_KINDS) + 1 + 1 + 1,  # + broken, private, audited
+        "excluded": 2,
+    }
+    assert done.returncode == 1  # the missing image
+    assert done.stdout.splitlines()[0] == (
+        f"1 namespaces, {len(KUBERNETES_KINDS) + 4} workloads, {len(KUBERNETES_KINDS) + 4} "
+        f"images: 4 copied, {len(KUBERNETES_KINDS) - 3} backed up, 0 would back up, "
+        "1 protected, 1 excluded, 1 failed"
+    )
+    assert after.returncode == 0, after.stderr
+    rows = after.stdout.splitlines()
+    assert rows[0].split() == [
+        "NAMESPACE",
+        "WORKLOAD",
+        "CONTAINER",
+        "IMAGE",
+        "STATE",
+        "BACKUP",
+        "SINCE",
+    ]
+    web = next(row.split() for row in rows if " Deployment/w" in row)
+    assert web[4] == "backed-up" and web[5].startswith(basic_registry.host) and web[6] != "-"
+    assert rows[-1] == (
+        f"{len(KUBERNETES_KINDS) + 6} containers: 1 protected, {len(KUBERNETES_KINDS) + 1} "
+        "backed-up, 2 unprotected, 2 excluded"
+    )
+
+
+def config_document(config: Config) -> dict[str, Any]:
+    document: dict[str, Any] = msgspec.to_builtins(config)
+    return document

@@ -1,0 +1,103 @@
+"""Workloads of every kind the webhook handles, built from the captured API objects.
+
+The Deployment, CronJob and Pod come from the kube-apiserver v1.28 samples (the objects the
+API server sent, with its defaults), the DeploymentConfig from the OpenShift 4.15 one; the
+other kinds wrap the Deployment's pod template the way their APIs do.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from tests.admission_helpers import sample
+from tests.support.fakekube import (
+    CRON_JOBS,
+    DAEMON_SETS,
+    DEPLOYMENT_CONFIGS,
+    DEPLOYMENTS,
+    JOBS,
+    NAMESPACES,
+    POD_TEMPLATES,
+    PODS,
+    REPLICA_SETS,
+    REPLICATION_CONTROLLERS,
+    STATEFUL_SETS,
+    FakeKube,
+    Resource,
+)
+
+Object = dict[str, Any]
+
+RESOURCES = {
+    r.kind: r
+    for r in (
+        PODS,
+        POD_TEMPLATES,
+        REPLICATION_CONTROLLERS,
+        REPLICA_SETS,
+        DEPLOYMENTS,
+        STATEFUL_SETS,
+        DAEMON_SETS,
+        JOBS,
+        CRON_JOBS,
+        DEPLOYMENT_CONFIGS,
+    )
+}
+KUBERNETES_KINDS = [kind for kind in RESOURCES if kind != "DeploymentConfig"]
+
+
+def _object(name: str) -> Object:
+    obj: Object = copy.deepcopy(sample(name)["request"]["object"])
+    return obj
+
+
+def _openshift(name: str) -> Object:
+    obj: Object = copy.deepcopy(sample(f"openshift/{name}")["request"]["object"])
+    return obj
+
+
+def workload(kind: str, name: str, images: dict[str, str], **pod: Any) -> Object:
+    """A `kind` named `name` whose pod runs `images` ({container: image}); `pod`: more pod
+    spec fields (imagePullSecrets, serviceAccountName)."""
+    deployment = _object("deployment-create")
+    template = deployment["spec"]["template"]
+    if kind == "Pod":
+        obj = _object("pod-create-bare")
+        spec = obj["spec"]
+    elif kind == "CronJob":
+        obj = _object("cronjob-create")
+        spec = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    elif kind == "DeploymentConfig":
+        obj = _openshift("deploymentconfig-create")
+        spec = obj["spec"]["template"]["spec"]
+    elif kind == "PodTemplate":
+        obj = {"apiVersion": "v1", "kind": kind, "metadata": {}, "template": template}
+        spec = template["spec"]
+    else:
+        resource = RESOURCES[kind]
+        obj = {"apiVersion": resource.api_version, "kind": kind, "metadata": {}}
+        obj["spec"] = {"selector": deployment["spec"]["selector"], "template": template}
+        if kind == "Job":
+            obj["spec"] = {"template": template}
+            template["spec"]["restartPolicy"] = "Never"
+        if kind == "ReplicationController":
+            obj["spec"]["selector"] = template["metadata"]["labels"]
+        spec = template["spec"]
+    obj["metadata"] = {"name": name, **{k: v for k, v in obj["metadata"].items() if k == "labels"}}
+    base = spec["containers"][0]
+    spec["containers"] = [{**base, "name": c, "image": image} for c, image in images.items()]
+    spec.pop("initContainers", None)
+    spec.update(pod)
+    return obj
+
+
+def opt_in(kube: FakeKube, namespace: str, mode: str | None) -> None:
+    labels = {"image-backup.io/mode": mode} if mode else {}
+    kube.store.create(NAMESPACES, "", {"metadata": {"name": namespace, "labels": labels}})
+
+
+def create(kube: FakeKube, namespace: str, obj: Object) -> Object:
+    resource: Resource = RESOURCES[obj["kind"]]
+    created: Object = kube.store.create(resource, namespace, obj)
+    return created
