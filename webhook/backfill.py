@@ -27,6 +27,7 @@ guarantee: a workload created while it runs may or may not be listed (admission 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -38,6 +39,7 @@ from .admission.notices import Notices
 from .admission.plan import Action, ImagePlan, Planner, reason
 from .admission.pods import image_fields, pod_spec, pull_identity
 from .config import Config
+from .events import event_message
 from .kube.client import KubeError
 from .kube.events import InvolvedObject
 from .kube.pullsecrets import PullCredentials
@@ -46,6 +48,8 @@ from .metrics import Metrics
 from .registry.copy import CopyEngine, CopyResult
 from .registry.credentials import DockerConfig
 from .text import quoted
+
+log = logging.getLogger("image_backup.backfill")
 
 # What became of each image, as the summary and the metrics count it.
 COPIED = "copied"  # backed up by this pass
@@ -289,3 +293,34 @@ class Backfill:
         if copy and not result.already_backed_up:
             return COPIED, str(result.backup)
         return BACKED_UP, str(result.backup)
+
+
+async def keep_backfilling(backfill: Backfill, metrics: Metrics, *, interval: float) -> None:
+    """`serve`'s loop: a pass at once, then one `interval` seconds after each ended, for as
+    long as it runs (while this replica holds the backfill Lease). A pass that cannot read
+    the cluster is logged and counted, and the next one comes as usual."""
+    while True:
+        started = time.monotonic()
+        try:
+            summary = await backfill.run()
+        except KubeError as exc:
+            metrics.backfill_passes.labels("failed").inc()
+            log.warning(event_message("backfill_failed", error=str(exc)))
+        else:
+            metrics.backfill_passes.labels("completed").inc()
+            summary.export(metrics)
+            counts = {outcome: str(summary.images[outcome]) for outcome in OUTCOMES}
+            log.info(
+                event_message(
+                    "backfill_pass",
+                    namespaces=str(summary.namespaces),
+                    workloads=str(summary.workloads),
+                    rewritten=str(len(summary.rewritten)),
+                    seconds=f"{time.monotonic() - started:.1f}",
+                    **counts,
+                )
+            )
+            for failure in summary.failures:
+                log.warning(event_message("backfill_image_failed", failure=failure))
+        metrics.backfill_seconds.observe(time.monotonic() - started)
+        await asyncio.sleep(interval)
