@@ -226,6 +226,8 @@ async def test_concurrent_backups_of_one_image_share_one_copy(
     assert {r.digest for r in results} == {image.digest}
     for blob in image.blobs:
         assert len(source_proxy.requests("GET", f"/blobs/{blob}$")) == 1
+    # The three asking for the tag with the same credential share one resolve too.
+    assert len(source_proxy.requests(None, f"/{unique_repo}/manifests/v1$")) == 1
     assert_backed_up(basic_registry, results[0].backup, image.digest)
 
 

@@ -180,6 +180,7 @@ class CopyEngine:
         self._trees: SingleFlight[tuple[str, Repository], _Tree] = SingleFlight()
         self._blobs: SingleFlight[tuple[str, Repository], BlobOutcome] = SingleFlight()
         self._rechecks: SingleFlight[ResultKey, None] = SingleFlight()
+        self._copies: SingleFlight[ResultKey, CopyResult] = SingleFlight()
         # Results are remembered per source credential: a workload is only answered from
         # memory with a backup whose source its own pull credentials were shown to read.
         self._results: ExpiringCache[ResultKey, _Remembered] = ExpiringCache(
@@ -191,8 +192,9 @@ class CopyEngine:
         return self._scheme
 
     async def close(self) -> None:
-        """Stop the re-checks still running."""
+        """Stop the re-checks and copies still running."""
         await self._rechecks.close()
+        await self._copies.close()
 
     def know_blobs(self, repo: Repository, digests: Iterable[str]) -> None:
         """Blobs `repo` holds (from records of earlier copies), to mount rather than upload."""
@@ -335,7 +337,11 @@ class CopyEngine:
         if hit is not None and self._clock() < hit[0].fresh_until:
             return hit[0].result
         # Past its lifetime or missing: ask the registries again rather than trust memory.
-        return await self._copy_anew(key, source, target, tag, deadline, keyring)
+        # Callers asking at once with the same source credential (a controller's Pods, the
+        # workloads of a backfill pass) share one resolve and one copy.
+        return await self._copies.run(
+            key, lambda: self._copy_anew(key, source, target, tag, deadline, keyring)
+        )
 
     async def _copy_anew(
         self,

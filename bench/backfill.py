@@ -1,0 +1,145 @@
+"""Benchmark: a backfill pass against `skopeo copy` of the same images.
+
+``python -m bench.backfill``: a plain-HTTP source registry without auth, a TLS + htpasswd
+backup registry (real Distribution, as in bench.copy), and the fake API server of the tests
+holding the workloads (the real Kubernetes client talks to it). Two rows:
+
+* new images: 200 Deployments using 100 distinct images (2 x 1 MB each, none backed up):
+  one ``image-backup backfill`` (a whole process, as a CronJob runs it) against 100
+  sequential ``skopeo copy`` of the same images, in the same run. Bar: <= 0.25x skopeo's
+  total. Every backup is checked afterwards.
+* nothing new: 1,000 Deployments whose 100 images are all backed up already: one pass.
+  Bars: <= 3 s, and the registries asked no more than a fixed number of times per distinct
+  image (counted in their access logs), however many workloads use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from bench.copy import Run, install, run_timed, scratch_dir, skopeo_copy
+from tests.support.fakekube import FakeKube
+from tests.support.images import make_image, push
+from tests.support.registries import Registry, start_registry
+from tests.support.skopeo import inspect_raw_digest
+from tests.workloads import create, opt_in, workload
+
+MB = 1 << 20
+IMAGES, WORKLOADS, STEADY_WORKLOADS = 100, 200, 1000
+NEW_BAR, STEADY_BAR_SECONDS = 0.25, 3.0
+# Per distinct image, at most: the source asked for the tag's digest; the backup registry
+# asked whether the backup exists and whether its tag is in place.
+REQUESTS_PER_IMAGE = {"source": 1, "backup": 2}
+# Once per registry per pass: the version check, an authentication challenge.
+REQUESTS_PER_PASS = 4
+
+
+def config_file(work: str, source: Registry, target: Registry) -> str:
+    path = os.path.join(work, "backfill.yaml")
+    document = {
+        "backupRegistry": {"host": target.host, "prefix": "backup", "caFile": target.ca_file},
+        "registries": [{"host": source.host, "insecure": True}],
+        "credentials": {"dockerConfig": target.docker_config},
+        # No records to coordinate through: the fake has no webhook replicas to share with.
+        "exclude": {"namespaces": ["kube-system"]},
+    }
+    Path(path).write_text(yaml.safe_dump(document))
+    return path
+
+
+def backfill(python: str, config: str, namespace: str, kubeconfig: str) -> Run:
+    argv = [python, "-m", "webhook", "backfill", "--namespace", namespace, "--config", config]
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
+    return run_timed(argv, env=env, cwd=os.path.dirname(python))
+
+
+def requests(registry: Registry) -> int:
+    with open(registry.log_file, "rb") as log:
+        return sum(1 for line in log if b" /v2/" in line and b" HTTP/" in line)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.backfill", description=__doc__)
+    parser.parse_args()
+    work = scratch_dir("ibw-bench-backfill-", 4 * IMAGES * 2 * MB + 512 * MB)
+    kube = FakeKube.start()
+    source = target = None
+    try:
+        source = start_registry(
+            os.path.join(work, "source"), tls=False, auth="none", access_log=True
+        )
+        target = start_registry(
+            os.path.join(work, "target"), tls=True, auth="basic", access_log=True
+        )
+        kubeconfig = kube.write_kubeconfig(os.path.join(work, "kubeconfig"))
+        config = config_file(work, source, target)
+        python = install(work)
+        print(f"generating and pushing {IMAGES} images of 2 x 1 MB", file=sys.stderr)
+        digests = {}
+        for index in range(IMAGES):
+            made = make_image(os.path.join(work, "images"), [MB, MB], seed=5000 + index, fmt="oci")
+            digests[index] = push(source.backdoor_url, f"src/app-{index}", "v1", made)
+        opt_in(kube, "new", "enforce")
+        opt_in(kube, "steady", "enforce")
+        for index in range(WORKLOADS):
+            image = f"{source.host}/src/app-{index % IMAGES}:v1"
+            create(kube, "new", workload("Deployment", f"d{index}", {"main": image}))
+        for index in range(STEADY_WORKLOADS):
+            image = f"{source.host}/src/app-{index % IMAGES}:v1"
+            create(kube, "steady", workload("Deployment", f"d{index}", {"main": image}))
+
+        print(f"skopeo copy x {IMAGES}", file=sys.stderr)
+        skopeo_seconds = 0.0
+        for index in range(IMAGES):
+            run = skopeo_copy(
+                source, f"src/app-{index}:v1", target, f"skopeo/app-{index}:v1",
+                all_images=False, work=work,
+            )  # fmt: skip
+            skopeo_seconds += run.seconds
+        print("image-backup backfill (new images)", file=sys.stderr)
+        new = backfill(python, config, "new", kubeconfig)
+        for index in range(IMAGES):
+            backup = f"backup/{source.host.replace(':', '_')}/src/app-{index}:v1"
+            if inspect_raw_digest(target, backup) != digests[index]:
+                raise RuntimeError(f"{backup} is not {digests[index]}")
+
+        print("image-backup backfill (nothing new)", file=sys.stderr)
+        before = {"source": requests(source), "backup": requests(target)}
+        steady = backfill(python, config, "steady", kubeconfig)
+        asked = {"source": requests(source) - before["source"]}
+        asked["backup"] = requests(target) - before["backup"]
+    finally:
+        for registry in (source, target):
+            if registry is not None:
+                registry.close()
+        kube.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    ratio = new.seconds / skopeo_seconds
+    new_ok = ratio <= NEW_BAR
+    print(f"\nbackfill, {WORKLOADS} workloads, {IMAGES} new images of 2 x 1 MB:")
+    print(
+        f"  image-backup backfill {new.seconds:.2f} s (peak RSS {new.rss_mb:.0f} MB), "
+        f"{IMAGES} x skopeo copy {skopeo_seconds:.2f} s: ratio {ratio:.3f} "
+        f"(bar <= {NEW_BAR}) {'PASS' if new_ok else 'FAIL'}"
+    )
+    limits = {r: IMAGES * n + REQUESTS_PER_PASS for r, n in REQUESTS_PER_IMAGE.items()}
+    steady_ok = steady.seconds <= STEADY_BAR_SECONDS and all(asked[r] <= limits[r] for r in limits)
+    print(f"backfill, {STEADY_WORKLOADS} workloads, their {IMAGES} images all backed up:")
+    print(
+        f"  {steady.seconds:.2f} s (bar <= {STEADY_BAR_SECONDS:.0f} s); registry requests: "
+        + ", ".join(f"{r} {asked[r]} (bar <= {limits[r]})" for r in limits)
+        + f"  {'PASS' if steady_ok else 'FAIL'}"
+    )
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    return 0 if new_ok and steady_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
