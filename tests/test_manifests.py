@@ -529,6 +529,7 @@ def test_rbac_is_least_privilege(variant: str) -> None:
         | grant(None, "", "events", "create", "patch")
         | grant(NAMESPACE, "image-backup.io", "imagebackups", *READ_VERBS, "create", "patch")
         | grant(NAMESPACE, "image-backup.io", "imagebackups/status", "update", "patch")
+        | grant(NAMESPACE, "coordination.k8s.io", "leases", "get", "create", "update")
     )
     if variant != NO_SECRET_READ:
         expected |= grant(None, "", "secrets", "get")  # workloads' pull secrets, by name
@@ -542,6 +543,15 @@ def test_rbac_is_least_privilege(variant: str) -> None:
             for verb in ("get", "patch")
         }
     assert grants(render(variant)) == expected
+
+
+def test_leases_are_granted_in_the_own_namespace_only(variant: str) -> None:
+    """Leader election reads, creates and renews its Lease there: nothing more, nowhere else."""
+    leases = {g for g in grants(render(variant)) if g[1:3] == ("coordination.k8s.io", "leases")}
+    assert leases == {
+        (NAMESPACE, "coordination.k8s.io", "leases", verb, None)
+        for verb in ("get", "create", "update")
+    }
 
 
 def test_imagebackup_resource(variant: str) -> None:
