@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .reference import Reference
     from .registry.client import Repository
+    from .registry.copy import CopyEngine
     from .tls import ReloadingCertificate
 
 EXIT_FAILED = 1
@@ -196,9 +197,43 @@ async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None
                 uses=cluster.records if cluster is not None else None,
             )
             try:
-                await serve(reviewer, metrics, certificate, settings=settings)
+                async with _backfilling(config, cluster, engine, metrics):
+                    await serve(reviewer, metrics, certificate, settings=settings)
             finally:
                 reviewer.flush_records()
+
+
+@contextlib.asynccontextmanager
+async def _backfilling(
+    config: Config, cluster: Cluster | None, engine: CopyEngine, metrics: Metrics
+) -> AsyncIterator[None]:
+    """Backfill passes in the background, on the replica holding the Lease, while serving."""
+    interval = config.backfill.interval_seconds
+    if cluster is None or interval <= 0:
+        yield
+        return
+    import asyncio
+
+    from .backfill import Backfill, keep_backfilling
+
+    backfill = Backfill(
+        engine,
+        cluster.workloads,
+        config,
+        pull=cluster.pull,
+        notices=cluster.events,
+        metrics=metrics,
+    )
+    passes = asyncio.create_task(
+        cluster.backfill_lease.run(lambda: keep_backfilling(backfill, metrics, interval=interval)),
+        name="backfill",
+    )
+    try:
+        yield
+    finally:
+        passes.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await passes
 
 
 @contextlib.asynccontextmanager

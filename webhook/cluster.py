@@ -23,6 +23,7 @@ from .engine import configured_credentials
 from .events import event_message
 from .kube.client import KubeError, api_client, available
 from .kube.events import KubeEvents
+from .kube.lease import LeaderLease
 from .kube.pullsecrets import PullCredentials
 from .kube.records import BackupRecords
 from .kube.workloads import Workloads
@@ -33,6 +34,7 @@ from .registry.copy import CopyEngine, Stored
 log = logging.getLogger("image_backup.cluster")
 
 WARN_EVERY_SECONDS = 60.0
+BACKFILL_LEASE = "image-backup-backfill"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Cluster:
     records: BackupRecords
     coordinator: Coordination
     workloads: Workloads
+    backfill_lease: LeaderLease  # held by the one replica that makes backfill passes
 
 
 class Coordination:
@@ -115,10 +118,11 @@ async def connect(config: Config, metrics: Metrics) -> AsyncIterator[Cluster | N
         return
     holder = os.environ.get("POD_NAME") or socket.gethostname()
     settings = config.records
+    namespace = own_namespace() or DEFAULT_NAMESPACE
     with api_client() as api:
         records = BackupRecords(
             api,
-            own_namespace() or DEFAULT_NAMESPACE,
+            namespace,
             holder,
             stale_after=settings.stale_after_seconds,
             heartbeat_every=settings.heartbeat_seconds,
@@ -130,7 +134,8 @@ async def connect(config: Config, metrics: Metrics) -> AsyncIterator[Cluster | N
         touching = asyncio.create_task(records.run_touches(), name="imagebackup-last-used")
         try:
             coordination = Coordination(records, metrics)
-            yield Cluster(pull, events, records, coordination, Workloads(api))
+            lease = LeaderLease(api, namespace=namespace, name=BACKFILL_LEASE, holder=holder)
+            yield Cluster(pull, events, records, coordination, Workloads(api), lease)
         finally:
             touching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
