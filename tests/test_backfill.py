@@ -9,6 +9,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,8 +23,10 @@ import yaml
 from tests.admission_helpers import SAMPLE_IMAGES
 from tests.helpers import make_config, tls
 from tests.support import images, skopeo
-from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, SECRETS, FakeKube, Query
+from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, LEASES, SECRETS, FakeKube, Query
 from tests.support.registries import Registry, RegistryFactory
+from tests.support.tls import TLSFiles
+from tests.support.webhooks import Webhook, running_webhook
 from tests.workloads import KUBERNETES_KINDS, RESOURCES, create, opt_in, workload
 from webhook.backfill import Backfill, Summary
 from webhook.cluster import Cluster, connect
@@ -324,3 +327,44 @@ def test_the_cli_pass_and_status(
 def config_document(config: Config) -> dict[str, Any]:
     document: dict[str, Any] = msgspec.to_builtins(config)
     return document
+
+
+def completed_passes(hook: Webhook) -> int:
+    status, text = hook.get("/metrics")
+    assert status == 200
+    found = re.search(rb'image_backup_backfill_passes_total\{result="completed"\} (\S+)', text)
+    return int(float(found[1])) if found else 0
+
+
+def test_only_the_lease_holder_makes_the_passes(
+    fake_kube: FakeKube,
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    private: tuple[Registry, str],
+    tmp_path: Path,
+    tls_ca: TLSFiles,
+) -> None:
+    config = config_for(basic_registry, plain_registry, private[0])
+    document = config_document(config)
+    document["backfill"] = {"intervalSeconds": 0.2}
+    opt_in(fake_kube, TEAM, "enforce")
+    create(fake_kube, TEAM, workload("Deployment", "web", {"main": "nginx:1.25"}))
+    create(fake_kube, TEAM, workload("CronJob", "report", {"main": "busybox:1.36"}))
+    env = {"POD_NAMESPACE": "image-backup"}
+    with (
+        running_webhook(tmp_path, document, tls_ca, env={**env, "POD_NAME": "replica-a"}) as a,
+        running_webhook(tmp_path, document, tls_ca, env={**env, "POD_NAME": "replica-b"}) as b,
+    ):
+        hooks = {"replica-a": a, "replica-b": b}
+        give_up = time.monotonic() + 30
+        while sum(completed_passes(hook) for hook in hooks.values()) < 3:
+            assert time.monotonic() < give_up, a.log_file.read_text() + b.log_file.read_text()
+            time.sleep(0.1)
+        lease = fake_kube.store.get(LEASES, "image-backup", "image-backup-backfill")
+        passes = {name: completed_passes(hook) for name, hook in hooks.items()}
+    leader = lease["spec"]["holderIdentity"]
+    [other] = set(hooks) - {leader}
+    assert passes[leader] >= 3 and passes[other] == 0
+    for name in ("library/nginx:1.25", "library/busybox:1.36"):
+        assert holds(basic_registry, config, f"docker.io/{name}")

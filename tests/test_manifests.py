@@ -35,6 +35,7 @@ BASE = "base"
 CERT_MANAGER = "overlays/cert-manager"
 OPENSHIFT = "overlays/openshift"
 NO_SECRET_READ = "overlays/no-secret-read"
+LEASE = "image-backup-backfill"  # webhook.cluster.BACKFILL_LEASE
 VARIANTS = (BASE, CERT_MANAGER, OPENSHIFT, NO_SECRET_READ)
 
 NAMESPACE = "image-backup"
@@ -536,7 +537,8 @@ def test_rbac_is_least_privilege(variant: str) -> None:
         | grant(None, "", "events", "create", "patch")
         | grant(NAMESPACE, "image-backup.io", "imagebackups", *READ_VERBS, "create", "patch")
         | grant(NAMESPACE, "image-backup.io", "imagebackups/status", "update", "patch")
-        | grant(NAMESPACE, "coordination.k8s.io", "leases", "get", "create", "update")
+        | grant(NAMESPACE, "coordination.k8s.io", "leases", "create")
+        | {(NAMESPACE, "coordination.k8s.io", "leases", v, LEASE) for v in ("get", "update")}
         # Backfill and status: the opted-in namespaces and what runs there, listed; the
         # top-level kinds patched by backfill.rewrite (a role of its own, to delete).
         | grant(None, "", "namespaces", "list")
@@ -563,11 +565,13 @@ def test_rbac_is_least_privilege(variant: str) -> None:
 
 
 def test_leases_are_granted_in_the_own_namespace_only(variant: str) -> None:
-    """Leader election reads, creates and renews its Lease there: nothing more, nowhere else."""
+    """Leader election reads, creates and renews its Lease there: nothing more, nowhere else,
+    and no other Lease."""
     leases = {g for g in grants(render(variant)) if g[1:3] == ("coordination.k8s.io", "leases")}
     assert leases == {
-        (NAMESPACE, "coordination.k8s.io", "leases", verb, None)
-        for verb in ("get", "create", "update")
+        (NAMESPACE, "coordination.k8s.io", "leases", "create", None),
+        (NAMESPACE, "coordination.k8s.io", "leases", "get", LEASE),
+        (NAMESPACE, "coordination.k8s.io", "leases", "update", LEASE),
     }
 
 
