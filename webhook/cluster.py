@@ -13,14 +13,13 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from .config import DEFAULT_NAMESPACE, Config, own_namespace
 from .engine import configured_credentials
-from .events import event_message
+from .events import Throttle, event_message
 from .kube.client import KubeError, api_client, available
 from .kube.events import KubeEvents
 from .kube.lease import LeaderLease
@@ -33,7 +32,6 @@ from .registry.copy import CopyEngine, Stored
 
 log = logging.getLogger("image_backup.cluster")
 
-WARN_EVERY_SECONDS = 60.0
 BACKFILL_LEASE = "image-backup-backfill"
 
 
@@ -58,7 +56,7 @@ class Coordination:
     def __init__(self, records: BackupRecords, metrics: Metrics) -> None:
         self._records = records
         self._made_by = metrics.coordinated
-        self._warned_at = -float("inf")
+        self._warnings = Throttle()
 
     async def exclusive(
         self,
@@ -93,9 +91,7 @@ class Coordination:
         return result
 
     def _warn(self, exc: KubeError) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY_SECONDS:
-            self._warned_at = now
+        if self._warnings.due():
             log.warning(
                 event_message(
                     "image_backup_records_unavailable",

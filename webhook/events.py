@@ -22,6 +22,22 @@ def event_message(name: str, **fields: str) -> str:
     return orjson.dumps({"event": name, **fields}).decode()
 
 
+class Throttle:
+    """Yes at most once every `seconds`: for a warning a retry loop would otherwise repeat
+    on every try."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self._seconds = seconds
+        self._last = -float("inf")
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self._seconds:
+            return False
+        self._last = now
+        return True
+
+
 class EventLog:
     def __init__(self, fd: int | None = None) -> None:
         self._fd = sys.stdout.fileno() if fd is None else fd

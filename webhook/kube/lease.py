@@ -50,14 +50,13 @@ from typing import Any
 
 from kubernetes import client
 
-from ..events import event_message
+from ..events import Throttle, event_message
 from ..text import one_line
 from .client import TIMEOUT_SECONDS, KubeError, translated
 
 log = logging.getLogger("image_backup.lease")
 
 GROUP, VERSION, PLURAL, KIND = "coordination.k8s.io", "v1", "leases", "Lease"
-WARN_EVERY_SECONDS = 60.0
 RELEASE_SECONDS = 5.0  # shutdown waits at most this long to hand the Lease over
 RETRIES_PER_RENEWAL = 5  # failed renewals are retried every renew_every / this
 
@@ -116,7 +115,7 @@ class LeaderLease:
         self._observed_at = 0.0  # time.monotonic() when its resourceVersion last changed
         self._renewed_at: float | None = None  # when our last successful write was sent
         self._replaced = ""  # the holder that write replaced ("" when there was none)
-        self._warned_at = -float("inf")
+        self._warnings = Throttle()
         self._requests: ThreadPoolExecutor | None = None
 
     @property
@@ -427,9 +426,7 @@ class LeaderLease:
         )
 
     def _warn(self, exc: KubeError) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY_SECONDS:
-            self._warned_at = now
+        if self._warnings.due():
             log.warning(
                 event_message(
                     "lease_unavailable",
