@@ -1,11 +1,27 @@
 """A fake Kubernetes API server: the real REST paths, over plain HTTP on 127.0.0.1.
 
 Tests run the real ``kubernetes`` client against it. It keeps objects in memory under
-(group, version, resource, namespace, name) and implements what clients rely on: GET, LIST
-(label and field selectors of the ``key=value``, ``key!=value``, ``key``, ``!key`` forms),
-POST, PUT, PATCH (merge, strategic merge - like merge, lists replaced, no ``$patch``
-directives - and JSON patch), DELETE and watches, with a global monotonic resourceVersion,
-optimistic concurrency and ``kind: Status`` errors.
+(group, version, resource, namespace, name) and implements what clients rely on, as a
+kube-apiserver v1.28 does:
+
+- GET, LIST (label and field selectors of the ``key=value``, ``key!=value``, ``key``, ``!key``
+  forms; ``limit`` and ``continue`` pagination, ordered by key - namespace then name -, with
+  ``remainingItemCount`` and every page read from the first page's snapshot; a token older
+  than the compaction is 410 Expired), cross-namespace LIST, POST, PUT, PATCH (merge,
+  strategic merge - like merge, lists replaced, no ``$patch`` directives - and JSON patch),
+  DELETE and watches, with a global monotonic resourceVersion, optimistic concurrency and
+  ``kind: Status`` errors;
+- the core, apps, batch, events, coordination, admissionregistration and image-backup.io
+  resources of ``_RESOURCES`` (Namespaces get their ``kubernetes.io/metadata.name`` label),
+  and OpenShift's ``apps.openshift.io`` DeploymentConfigs only when started with
+  ``openshift=True`` (otherwise that group is 404, as on a plain cluster);
+- discovery: ``/apis``, ``/api/v1`` and ``/apis/<group>/<version>`` (APIResourceList);
+- the mutating admission chain on writes of namespaced objects (POST, PUT, PATCH; not DELETE,
+  not /status): every MutatingWebhookConfiguration's matching webhooks (rules,
+  namespaceSelector, objectSelector) get an AdmissionReview v1 over HTTPS at
+  ``clientConfig.url``; their JSON patches, denials, warnings (``Warning`` headers),
+  failurePolicy and ``?dryRun=All`` behave as the API server's. ``admission_calls`` records
+  what was sent and answered.
 
 Every request needs ``Authorization: Bearer <token>`` (the kubeconfig it writes has it), is
 recorded in ``calls``, and goes through ``interceptors`` first: a test can change objects
@@ -15,18 +31,22 @@ between a client's read and write, or fail a request by raising :class:`KubeErro
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import copy
 import datetime
 import json
 import secrets
+import ssl
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonpatch
 import jsonpointer
 import yaml
@@ -35,20 +55,36 @@ from aiohttp import web
 from tests.support.loopthread import ServedApp
 
 __all__ = [
+    "CRON_JOBS",
+    "DAEMON_SETS",
+    "DEPLOYMENTS",
+    "DEPLOYMENT_CONFIGS",
     "EVENTS",
     "EVENTS_V1",
     "IMAGE_BACKUPS",
+    "JOBS",
     "LEASES",
     "MUTATING_WEBHOOK_CONFIGURATIONS",
+    "NAMESPACES",
+    "PODS",
+    "POD_TEMPLATES",
+    "REPLICATION_CONTROLLERS",
+    "REPLICA_SETS",
     "SECRETS",
     "SERVICE_ACCOUNTS",
+    "STATEFUL_SETS",
+    "USER_INFO",
+    "AdmissionCall",
     "Call",
     "Change",
     "FakeKube",
     "KubeError",
+    "Page",
     "Query",
     "Resource",
     "Store",
+    "label_selector_matches",
+    "rule_matches",
 ]
 
 Object = dict[str, Any]
@@ -77,6 +113,10 @@ class Resource:
 SECRETS = Resource("", "v1", "secrets", "Secret")
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
 EVENTS = Resource("", "v1", "events", "Event")
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+PODS = Resource("", "v1", "pods", "Pod")
+POD_TEMPLATES = Resource("", "v1", "podtemplates", "PodTemplate")
+REPLICATION_CONTROLLERS = Resource("", "v1", "replicationcontrollers", "ReplicationController")
 EVENTS_V1 = Resource("events.k8s.io", "v1", "events", "Event")
 MUTATING_WEBHOOK_CONFIGURATIONS = Resource(
     "admissionregistration.k8s.io",
@@ -86,7 +126,14 @@ MUTATING_WEBHOOK_CONFIGURATIONS = Resource(
     namespaced=False,
 )
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+REPLICA_SETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+STATEFUL_SETS = Resource("apps", "v1", "statefulsets", "StatefulSet")
+DAEMON_SETS = Resource("apps", "v1", "daemonsets", "DaemonSet")
+JOBS = Resource("batch", "v1", "jobs", "Job")
+CRON_JOBS = Resource("batch", "v1", "cronjobs", "CronJob")
 IMAGE_BACKUPS = Resource("image-backup.io", "v1alpha1", "imagebackups", "ImageBackup", custom=True)
+DEPLOYMENT_CONFIGS = Resource("apps.openshift.io", "v1", "deploymentconfigs", "DeploymentConfig")
 
 _RESOURCES = {
     (r.group, r.version, r.plural): r
@@ -94,33 +141,70 @@ _RESOURCES = {
         SECRETS,
         SERVICE_ACCOUNTS,
         EVENTS,
+        NAMESPACES,
+        PODS,
+        POD_TEMPLATES,
+        REPLICATION_CONTROLLERS,
         EVENTS_V1,
         MUTATING_WEBHOOK_CONFIGURATIONS,
         LEASES,
+        REPLICA_SETS,
+        DEPLOYMENTS,
+        STATEFUL_SETS,
+        DAEMON_SETS,
+        JOBS,
+        CRON_JOBS,
         IMAGE_BACKUPS,
+        DEPLOYMENT_CONFIGS,
     )
+}
+# Served only by an OpenShift cluster; a plain one answers 404 for every path under them.
+_OPENSHIFT_GROUPS = frozenset({"apps.openshift.io"})
+
+# The label the API server puts on every Namespace (KEP 2161: namespaceSelectors can name one).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+# Who the fake says made every request, in AdmissionReviews (kubeadm's admin, as in the
+# captured reviews under tests/data/admission).
+USER_INFO: Object = {
+    "username": "kubernetes-admin",
+    "groups": ["system:masters", "system:authenticated"],
 }
 
 
 class KubeError(Exception):
     """An API error; the server answers it as a ``kind: Status`` with its code."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        details: Object | None = None,
+        metadata: Object | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.details = details
+        self.metadata = metadata or {}
 
     def status(self) -> Object:
-        return {
+        status: Object = {
             "kind": "Status",
             "apiVersion": "v1",
-            "metadata": {},
+            "metadata": copy.deepcopy(self.metadata),
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
         }
+        if self.reason:  # omitempty: a webhook's denial may have none
+            status["reason"] = self.reason
+        if self.details is not None:
+            status["details"] = copy.deepcopy(self.details)
+        status["code"] = self.code
+        return status
 
 
 def _not_found(resource: Resource, name: str) -> KubeError:
@@ -177,6 +261,54 @@ def _holds(operator: str, actual: str | None, value: str) -> bool:
     return (actual is not None) == (operator == "exists")
 
 
+def label_selector_matches(selector: Object | None, labels: Mapping[str, str]) -> bool:
+    """A metav1.LabelSelector (``matchLabels`` and ``matchExpressions`` with In, NotIn, Exists,
+    DoesNotExist) against ``labels``; absent or empty selects everything, as in webhooks'
+    namespaceSelector and objectSelector."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key", ""), expression.get("operator", "")
+        values = expression.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+        if operator not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False  # the API server rejects such a configuration; select nothing
+    return True
+
+
+def rule_matches(rule: Object, resource: Resource, operation: str, subresource: str = "") -> bool:
+    """Whether a webhook's ``rules[]`` entry covers a request, as the API server's
+    rules.Matcher decides: ``*`` wildcards, ``resource/subresource`` forms (``*`` alone is no
+    subresource, ``*/*`` is any) and ``scope``."""
+    scope = rule.get("scope") or "*"
+    namespaced = resource.namespaced  # a Namespace itself is cluster-scoped
+    if not {"*": True, "Namespaced": namespaced, "Cluster": not namespaced}.get(scope, False):
+        return False
+
+    def covers(items: Any, requested: str) -> bool:
+        return any(item in ("*", requested) for item in items or [])
+
+    if not (
+        covers(rule.get("operations"), operation)
+        and covers(rule.get("apiGroups"), resource.group)
+        and covers(rule.get("apiVersions"), resource.version)
+    ):
+        return False
+    for entry in rule.get("resources") or []:
+        name, _, sub = str(entry).partition("/")
+        if name in ("*", resource.plural) and sub in ("*", subresource):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Query:
     """Which objects a LIST or watch wants."""
@@ -195,6 +327,70 @@ class Query:
         metadata = obj.get("metadata", {})
         fields = {"metadata.name": key[4], "metadata.namespace": key[3]}
         return _matches(self.labels, metadata.get("labels") or {}) and _matches(self.fields, fields)
+
+    @property
+    def prefix(self) -> str:
+        """Where the keys of this list start, below the resource's own prefix (what a continue
+        token's start key is relative to, as in the API server's etcd keys)."""
+        return f"{self.namespace}/" if self.namespace and self.resource.namespaced else ""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One LIST answer: its items, the resourceVersion they are read at, and - when more
+    remain - the continue token and how many are left (None with a selector)."""
+
+    items: list[Object]
+    resource_version: int
+    next: str | None = None
+    remaining: int | None = None
+
+
+def _sort_key(key: Key) -> str:
+    """The object's etcd key below the resource's prefix: the API server lists in its order."""
+    return f"{key[3]}/{key[4]}" if key[3] else key[4]
+
+
+# The API server's answer to a continue token older than the compaction
+# (k8s.io/apiserver/pkg/storage/etcd3/errors.go, inconsistentContinue).
+_INCONSISTENT_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. You can "
+    "start a new list without the continue parameter, or use the continue token in this "
+    "response to retrieve the remainder of the results. Continuing with the provided token "
+    "results in an inconsistent list - objects that were created, modified, or deleted between "
+    "the time the first chunk was returned and now may show up in the list."
+)
+
+
+def _encode_continue(resource_version: int, start: str) -> str:
+    """The API server's token: unpadded URL-safe base64 of ``{"v", "rv", "start"}``; rv -1
+    means "continue at the latest version" (what a 410 hands out)."""
+    token = {"v": "meta.k8s.io/v1", "rv": resource_version, "start": start}
+    raw = json.dumps(token, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode_continue(token: str) -> tuple[int, str]:
+    """(resourceVersion, start key) of a token, or 400 with the API server's words."""
+
+    def invalid(why: str) -> KubeError:
+        return KubeError(
+            400, "BadRequest", f"invalid continue token: continue key is not valid{why}"
+        )
+
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error) as exc:
+        raise invalid(f": {exc}") from None
+    if not isinstance(decoded, dict) or decoded.get("v") != "meta.k8s.io/v1":
+        version = decoded.get("v") if isinstance(decoded, dict) else decoded
+        raise invalid(f": server does not recognize this encoded version {version}")
+    version, start = decoded.get("rv"), decoded.get("start")
+    if not isinstance(version, int) or version == 0:
+        raise invalid(": incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    if not isinstance(start, str) or not start:
+        raise invalid(": encoded start key empty (version meta.k8s.io/v1)")
+    return version, start
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -228,18 +424,43 @@ PATCHES: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+def _patcher(content_type: str) -> Callable[[Any, Any], Any]:
+    apply = PATCHES.get(content_type)
+    if apply is None:
+        raise KubeError(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format: {content_type}",
+        )
+    return apply
+
+
+def _check_name(body: Object, name: str) -> None:
+    if body.get("metadata", {}).get("name", name) != name:
+        raise KubeError(
+            400, "BadRequest", "the name of the object does not match the name on the URL"
+        )
+
+
 def _without_status(obj: Object) -> Object:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
 
 class Store:
-    """The objects and their change history; usable from any thread."""
+    """The objects and their change history; usable from any thread.
+
+    Writes made here directly skip admission (they are a test's backdoor); the server's own
+    writes read with :meth:`read_for_update`, admit, then :meth:`commit_update`.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[Key, Object] = {}
         self._history: list[Change] = []
-        self._compacted = 0  # a watch from an older resourceVersion is Expired
+        self._compacted = 0  # a watch or continue from an older resourceVersion is Expired
+        # What paginated lists read their later pages from, by the first page's version.
+        # Stored objects are replaced, never changed in place, so a shallow copy is a snapshot.
+        self._snapshots: dict[int, dict[Key, Object]] = {}
         self.resource_version = 0
         self.listeners: list[Callable[[], None]] = []  # called after every change
 
@@ -254,13 +475,53 @@ class Store:
 
     def list_objects(self, query: Query) -> tuple[list[Object], int]:
         """The matching objects and the resourceVersion they are current at."""
-        with self._lock:
-            items = [
-                copy.deepcopy(o) for k, o in sorted(self._objects.items()) if query.wants(k, o)
-            ]
-            return items, self.resource_version
+        page = self.list_page(query)
+        return page.items, page.resource_version
 
-    def create(self, resource: Resource, namespace: str, body: Object) -> Object:
+    def list_page(self, query: Query, limit: int = 0, token: str = "") -> Page:
+        """At most ``limit`` (0: all) matching objects in key order, from the start or from
+        where ``token`` says; every page of a list reads the snapshot of its first page."""
+        with self._lock:
+            version, objects, start = self._list_source(query, token)
+            matching = sorted(
+                ((_sort_key(k), o) for k, o in objects.items() if query.wants(k, o)),
+                key=lambda entry: entry[0],
+            )
+            matching = [entry for entry in matching if entry[0] >= start]
+            page = matching[:limit] if limit > 0 else matching
+            items = [copy.deepcopy(o) for _, o in page]
+            left = len(matching) - len(page)
+            if not left:
+                return Page(items, version)
+            if version not in self._snapshots:
+                self._snapshots[version] = dict(objects)
+            next_start = page[-1][0][len(query.prefix) :] + "\x00"
+            # The API server counts keys, selected or not: with a selector it gives no count.
+            remaining = None if query.labels or query.fields else left
+            return Page(items, version, _encode_continue(version, next_start), remaining)
+
+    def _list_source(self, query: Query, token: str) -> tuple[int, Mapping[Key, Object], str]:
+        """(resourceVersion, objects, first key) a list page reads."""
+        if not token:
+            return self.resource_version, self._objects, ""
+        version, start = _decode_continue(token)
+        if version == -1:
+            return self.resource_version, self._objects, query.prefix + start
+        snapshot = self._snapshots.get(version)
+        if version < self._compacted or snapshot is None:
+            raise KubeError(
+                410,
+                "Expired",
+                _INCONSISTENT_CONTINUE,
+                metadata={"continue": _encode_continue(-1, start)},
+            )
+        return version, snapshot, query.prefix + start
+
+    def create(
+        self, resource: Resource, namespace: str, body: Object, *, dry_run: bool = False
+    ) -> Object:
+        """Store a new object; with ``dry_run``, only what would be stored (no
+        resourceVersion), after the same checks."""
         obj = copy.deepcopy(body)
         metadata = obj.setdefault("metadata", {})
         if not metadata.get("name") and metadata.get("generateName"):
@@ -285,12 +546,17 @@ class Store:
         if resource.custom:
             metadata["generation"] = 1
         obj["apiVersion"], obj["kind"] = resource.api_version, resource.kind
+        if resource is NAMESPACES:
+            obj["status"] = {"phase": "Active"}
+        _canonicalize(resource, obj)
         key = self.key(resource, namespace, name)
         with self._lock:
             if key in self._objects:
                 raise KubeError(
                     409, "AlreadyExists", f'{resource.qualified} "{name}" already exists'
                 )
+            if dry_run:
+                return copy.deepcopy(obj)
             result = self._commit("ADDED", key, obj)
         self._notify()
         return result
@@ -303,12 +569,10 @@ class Store:
         body: Object,
         *,
         status_only: bool = False,
+        dry_run: bool = False,
     ) -> Object:
-        if body.get("metadata", {}).get("name", name) != name:
-            raise KubeError(
-                400, "BadRequest", "the name of the object does not match the name on the URL"
-            )
-        return self._update(resource, namespace, name, lambda _current: body, status_only)
+        _check_name(body, name)
+        return self._update(resource, namespace, name, lambda _current: body, status_only, dry_run)
 
     def patch(
         self,
@@ -319,17 +583,56 @@ class Store:
         content_type: str,
         *,
         status_only: bool = False,
+        dry_run: bool = False,
     ) -> Object:
-        apply = PATCHES.get(content_type)
-        if apply is None:
-            raise KubeError(
-                415,
-                "UnsupportedMediaType",
-                f"the body of the request was in an unknown format: {content_type}",
-            )
+        apply = _patcher(content_type)
         return self._update(
-            resource, namespace, name, lambda current: apply(current, patch), status_only
+            resource, namespace, name, lambda current: apply(current, patch), status_only, dry_run
         )
+
+    def read_for_update(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        change: Callable[[Object], Any],
+    ) -> tuple[Object, Object]:
+        """The stored object and what ``change`` makes of a copy of it, neither checked nor
+        stored yet (admission runs in between)."""
+        current = self.get(resource, namespace, name)
+        proposed = change(copy.deepcopy(current))
+        if not isinstance(proposed, dict):
+            raise KubeError(400, "BadRequest", "the object must be a JSON object")
+        return current, copy.deepcopy(proposed)
+
+    def commit_update(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        current: Object,
+        proposed: Object,
+        *,
+        status_only: bool = False,
+        dry_run: bool = False,
+    ) -> Object | None:
+        """Store ``proposed`` if the object is still ``current``; None if it changed since
+        (read and admit again, as the API server's update loop does). A resourceVersion in
+        ``proposed`` is the caller's precondition: another one is a conflict."""
+        with self._lock:
+            stored = self._current(resource, namespace, name)
+            version = stored["metadata"]["resourceVersion"]
+            if version != current["metadata"]["resourceVersion"]:
+                return None
+            expected = proposed.get("metadata", {}).get("resourceVersion")
+            if expected and expected != version:
+                raise _conflict(resource, name)
+            obj = _updated(resource, stored, proposed, status_only)
+            if obj == stored or dry_run:
+                return copy.deepcopy(obj)  # a no-op write keeps the resourceVersion
+            result = self._commit("MODIFIED", self.key(resource, namespace, name), obj)
+        self._notify()
+        return result
 
     def delete(self, resource: Resource, namespace: str, name: str) -> Object:
         with self._lock:
@@ -359,10 +662,14 @@ class Store:
             return copy.deepcopy(changes), self.resource_version
 
     def compact(self) -> None:
-        """Forget the history: watches from any resourceVersion before now get 410 Gone."""
+        """Forget the history: watches and continue tokens from any resourceVersion before now
+        get 410 Gone."""
         with self._lock:
             self._history.clear()
             self._compacted = self.resource_version
+            self._snapshots = {
+                v: snapshot for v, snapshot in self._snapshots.items() if v >= self._compacted
+            }
 
     def _current(self, resource: Resource, namespace: str, name: str) -> Object:
         obj = self._objects.get(self.key(resource, namespace, name))
@@ -377,21 +684,21 @@ class Store:
         name: str,
         change: Callable[[Object], Any],
         status_only: bool,
+        dry_run: bool,
     ) -> Object:
-        with self._lock:
-            current = self._current(resource, namespace, name)
-            proposed = change(copy.deepcopy(current))
-            if not isinstance(proposed, dict):
-                raise KubeError(400, "BadRequest", "the object must be a JSON object")
-            expected = proposed.get("metadata", {}).get("resourceVersion")
-            if expected and expected != current["metadata"]["resourceVersion"]:
-                raise _conflict(resource, name)
-            obj = _updated(resource, current, proposed, status_only)
-            if obj == current:
-                return copy.deepcopy(current)  # a no-op write keeps the resourceVersion
-            result = self._commit("MODIFIED", self.key(resource, namespace, name), obj)
-        self._notify()
-        return result
+        while True:
+            current, proposed = self.read_for_update(resource, namespace, name, change)
+            result = self.commit_update(
+                resource,
+                namespace,
+                name,
+                current,
+                proposed,
+                status_only=status_only,
+                dry_run=dry_run,
+            )
+            if result is not None:
+                return result
 
     def _commit(self, kind: str, key: Key, obj: Object) -> Object:
         self.resource_version += 1
@@ -403,6 +710,14 @@ class Store:
     def _notify(self) -> None:
         for listener in list(self.listeners):
             listener()
+
+
+def _canonicalize(resource: Resource, obj: Object) -> None:
+    """What the API server's strategies always ensure: a Namespace is labelled with its name."""
+    if resource is NAMESPACES:
+        metadata = obj["metadata"]
+        labels = metadata.get("labels") or {}
+        metadata["labels"] = {**labels, NAMESPACE_NAME_LABEL: metadata["name"]}
 
 
 def _updated(resource: Resource, current: Object, proposed: Object, status_only: bool) -> Object:
@@ -426,6 +741,7 @@ def _updated(resource: Resource, current: Object, proposed: Object, status_only:
     obj["apiVersion"], obj["kind"] = resource.api_version, resource.kind
     if resource.custom and _without_status(obj) != _without_status(current):
         metadata["generation"] = current["metadata"]["generation"] + 1
+    _canonicalize(resource, obj)
     return obj
 
 
@@ -443,6 +759,18 @@ class Call:
         return self.method == method and self.path.endswith(path_suffix)
 
 
+@dataclass(frozen=True)
+class AdmissionCall:
+    """One call of a webhook by the admission chain: what was sent and what came back."""
+
+    configuration: str  # metadata.name of the MutatingWebhookConfiguration
+    webhook: str  # its webhooks[].name
+    url: str  # as called, with the API server's ?timeout=
+    review: Object  # the AdmissionReview sent
+    answer: Any  # the parsed body answered; None if there was none
+    error: str | None  # 'failed calling webhook "<name>": ...' if the call failed
+
+
 def _nowhere() -> KubeError:
     return KubeError(404, "NotFound", "the server could not find the requested resource")
 
@@ -455,7 +783,7 @@ class _Target:
     subresource: str | None
 
 
-def _target(path: str) -> _Target:
+def _target(path: str, resources: Mapping[tuple[str, str, str], Resource]) -> _Target:
     parts = path.strip("/").split("/")
     if parts[0] == "api":
         parts.insert(1, "")  # the core group, which has no name
@@ -465,7 +793,7 @@ def _target(path: str) -> _Target:
     namespace = ""
     if rest[0] == "namespaces" and len(rest) >= 3:
         namespace, rest = rest[1], rest[2:]
-    resource = _RESOURCES.get((group, version, rest[0]))
+    resource = resources.get((group, version, rest[0]))
     if resource is None or len(rest) > 3:
         raise _nowhere()
     name = rest[1] if len(rest) > 1 else None
@@ -479,20 +807,104 @@ def _target(path: str) -> _Target:
     return _Target(resource, namespace, name, subresource)
 
 
-class FakeKube:
-    """The server, running on a background loop; ``url``, ``store``, ``calls``, ``interceptors``."""
+# What the fake serves of every resource (no deletecollection).
+_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
-    def __init__(self, token: str) -> None:
+
+def _discovery(path: str, resources: Mapping[tuple[str, str, str], Resource]) -> Object | None:
+    """The discovery document at ``path`` (/apis, /api/v1, /apis/<group>/<version>), None if
+    the path is not a discovery path, 404 for a group/version not served."""
+    parts = path.strip("/").split("/")
+    if parts == ["apis"]:
+        return _api_group_list(resources.values())
+    if parts == ["api", "v1"]:
+        return _api_resource_list("", "v1", resources.values())
+    if len(parts) == 3 and parts[0] == "apis":
+        group, version = parts[1], parts[2]
+        if not any((r.group, r.version) == (group, version) for r in resources.values()):
+            raise _nowhere()
+        return _api_resource_list(group, version, resources.values())
+    return None
+
+
+def _api_resource_list(group: str, version: str, resources: Iterable[Resource]) -> Object:
+    """An APIResourceList as kube-apiserver answers it (custom resources with /status)."""
+    entries: list[Object] = []
+    for r in sorted(resources, key=lambda r: r.plural):
+        if (r.group, r.version) != (group, version):
+            continue
+        entries.append(
+            {
+                "name": r.plural,
+                "singularName": r.kind.lower(),
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": list(_VERBS),
+            }
+        )
+        if r.custom:
+            entries.append(
+                {
+                    "name": f"{r.plural}/status",
+                    "singularName": "",
+                    "namespaced": r.namespaced,
+                    "kind": r.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
+    group_version = f"{group}/{version}" if group else version
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": entries,
+    }
+
+
+def _api_group_list(resources: Iterable[Resource]) -> Object:
+    """The APIGroupList at /apis: every named group served, one version each."""
+    versions = sorted({(r.group, r.version) for r in resources if r.group})
+    groups = []
+    for group, version in versions:
+        entry = {"groupVersion": f"{group}/{version}", "version": version}
+        groups.append({"name": group, "versions": [entry], "preferredVersion": dict(entry)})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+@dataclass
+class _Write:
+    """A write on its way through admission: what every webhook call of it needs."""
+
+    target: _Target
+    operation: str  # CREATE or UPDATE
+    dry_run: bool
+    options: Object  # the CreateOptions or UpdateOptions of the review
+    warnings: list[str]  # answered as Warning headers
+
+
+class _CallFailed(Exception):
+    """A webhook could not be called or answered nonsense: its failurePolicy decides."""
+
+
+class FakeKube:
+    """The server, running on a background loop; ``url``, ``store``, ``calls``,
+    ``interceptors``, ``admission_calls``; ``openshift`` serves apps.openshift.io."""
+
+    def __init__(self, token: str, *, openshift: bool = False) -> None:
         self.token = token
+        self.openshift = openshift
         self.store = Store()
         self.calls: list[Call] = []
         self.interceptors: list[Callable[[Call], None]] = []
+        self.admission_calls: list[AdmissionCall] = []
         self._served: ServedApp | None = None
         self._changed: asyncio.Event | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tls: dict[str, ssl.SSLContext] = {}
 
     @classmethod
-    def start(cls, token: str | None = None) -> FakeKube:
-        kube = cls(token or secrets.token_urlsafe(16))
+    def start(cls, token: str | None = None, *, openshift: bool = False) -> FakeKube:
+        kube = cls(token or secrets.token_urlsafe(16), openshift=openshift)
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", kube._handle)
         kube._served = ServedApp(app, name="fake-kube")
@@ -509,8 +921,20 @@ class FakeKube:
         assert self._served is not None
         return f"http://127.0.0.1:{self._served.port}"
 
+    @property
+    def resources(self) -> dict[tuple[str, str, str], Resource]:
+        """What this cluster serves: OpenShift's groups only with ``openshift``."""
+        return {
+            k: r
+            for k, r in _RESOURCES.items()
+            if self.openshift or r.group not in _OPENSHIFT_GROUPS
+        }
+
     def stop(self) -> None:
         if self._served is not None:
+            if self._session is not None:
+                with contextlib.suppress(Exception):
+                    self._served.thread.run(self._session.close(), timeout=10)
             self._served.stop()
 
     def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> str:
@@ -546,20 +970,29 @@ class FakeKube:
             return _status_response(KubeError(400, "BadRequest", "the body is not JSON"))
         call = Call(request.method, request.path, dict(request.query), request.content_type, body)
         self.calls.append(call)
+        warnings: list[str] = []
+        response: web.Response
         try:
             if request.headers.get("Authorization") != f"Bearer {self.token}":
                 raise KubeError(401, "Unauthorized", "Unauthorized")
             for intercept in list(self.interceptors):
                 intercept(call)
-            target = _target(request.path)
+            discovered = _discovery(request.path, self.resources) if call.method == "GET" else None
+            if discovered is not None:
+                return web.json_response(discovered)
+            target = _target(request.path, self.resources)
             if target.name is None and request.method == "GET" and _flag(call.query, "watch"):
                 return await self._watch(request, _query(target, call.query))
             created = 201 if request.method == "POST" else 200
-            return web.json_response(self._serve(call, target), status=created)
+            answer = await self._serve(call, target, warnings)
+            response = web.json_response(answer, status=created)
         except KubeError as exc:
-            return _status_response(exc)
+            response = _status_response(exc)
+        for text in warnings:  # the API server's warning recorder: code 299, agent "-"
+            response.headers.add("Warning", f"299 - {_quoted(text)}")
+        return response
 
-    def _serve(self, call: Call, target: _Target) -> Object:
+    async def _serve(self, call: Call, target: _Target, warnings: list[str]) -> Object:
         store, resource, namespace, name = (
             self.store,
             target.resource,
@@ -568,29 +1001,17 @@ class FakeKube:
         )
         if name is None:
             if call.method == "GET":
-                items, version = store.list_objects(_query(target, call.query))
-                return {
-                    "apiVersion": resource.api_version,
-                    "kind": f"{resource.kind}List",
-                    "metadata": {"resourceVersion": str(version)},
-                    "items": items,
-                }
+                return self._list(call, target)
             if call.method == "POST" and namespace == "" and resource.namespaced:
                 raise KubeError(405, "MethodNotAllowed", "create needs a namespace")
             if call.method == "POST":
-                return store.create(resource, namespace, _object(call.body))
+                return await self._create(call, target, warnings)
         else:
-            status_only = target.subresource == "status"
             if call.method == "GET":
                 return store.get(resource, namespace, name)
-            if call.method == "PUT":
-                body = _object(call.body)
-                return store.replace(resource, namespace, name, body, status_only=status_only)
-            if call.method == "PATCH":
-                return store.patch(
-                    resource, namespace, name, call.body, call.content_type, status_only=status_only
-                )
-            if call.method == "DELETE" and not status_only:
+            if call.method in ("PUT", "PATCH"):
+                return await self._update(call, target, warnings)
+            if call.method == "DELETE" and target.subresource is None:
                 deleted = store.delete(resource, namespace, name)
                 if resource.custom:
                     return deleted
@@ -604,6 +1025,183 @@ class FakeKube:
                     "details": details,
                 }
         raise KubeError(405, "MethodNotAllowed", f"{call.method} is not supported here")
+
+    def _list(self, call: Call, target: _Target) -> Object:
+        token = call.query.get("continue", "")
+        if token and call.query.get("resourceVersion", "") not in ("", "0"):
+            raise KubeError(
+                400, "BadRequest", "specifying resource version is not allowed when using continue"
+            )
+        try:
+            limit = int(call.query.get("limit", "0") or "0")
+        except ValueError:
+            raise KubeError(400, "BadRequest", "limit must be an integer") from None
+        page = self.store.list_page(_query(target, call.query), limit, token)
+        metadata: Object = {"resourceVersion": str(page.resource_version)}
+        if page.next is not None:
+            metadata["continue"] = page.next
+        if page.remaining is not None:
+            metadata["remainingItemCount"] = page.remaining
+        return {
+            "apiVersion": target.resource.api_version,
+            "kind": f"{target.resource.kind}List",
+            "metadata": metadata,
+            "items": page.items,
+        }
+
+    async def _create(self, call: Call, target: _Target, warnings: list[str]) -> Object:
+        body = copy.deepcopy(_object(call.body))
+        write = _write(call, target, "CREATE", warnings)
+        admitted = await self._admit(write, body, None)
+        return self.store.create(target.resource, target.namespace, admitted, dry_run=write.dry_run)
+
+    async def _update(self, call: Call, target: _Target, warnings: list[str]) -> Object:
+        """PUT or PATCH: read, change, admit, store unless the object changed meanwhile
+        (then again from the read, as the API server's GuaranteedUpdate does)."""
+        resource, namespace, name = target.resource, target.namespace, target.name
+        assert name is not None
+        change: Callable[[Object], Any]
+        if call.method == "PUT":
+            body = _object(call.body)
+            _check_name(body, name)
+            change = lambda _current: body  # noqa: E731
+        else:
+            apply, patch = _patcher(call.content_type), call.body
+            change = lambda current: apply(current, patch)  # noqa: E731
+        write = _write(call, target, "UPDATE", warnings)
+        status_only = target.subresource == "status"
+        while True:
+            current, proposed = self.store.read_for_update(resource, namespace, name, change)
+            admitted = await self._admit(write, proposed, current)
+            result = self.store.commit_update(
+                resource,
+                namespace,
+                name,
+                current,
+                admitted,
+                status_only=status_only,
+                dry_run=write.dry_run,
+            )
+            if result is not None:
+                return result
+
+    async def _admit(self, write: _Write, obj: Object, old: Object | None) -> Object:
+        """The mutating admission chain: every matching webhook in configuration-name order,
+        each seeing what the ones before made of the object."""
+        target = write.target
+        if not target.resource.namespaced or target.subresource is not None:
+            return obj
+        configurations, _ = self.store.list_objects(
+            Query(MUTATING_WEBHOOK_CONFIGURATIONS, "", [], [])
+        )
+        if not configurations:
+            return obj
+        obj = _as_admitted(write, obj)
+        namespace_labels = self._namespace_labels(target.namespace)
+        for configuration in configurations:
+            for hook in configuration.get("webhooks") or []:
+                if _should_call(hook, write, obj, old, namespace_labels):
+                    name = configuration["metadata"]["name"]
+                    obj = await self._call_webhook(name, hook, write, obj, old)
+        return obj
+
+    def _namespace_labels(self, namespace: str) -> dict[str, str]:
+        """A namespace without its Namespace object in the store has no labels."""
+        try:
+            labels = self.store.get(NAMESPACES, "", namespace)["metadata"].get("labels")
+        except KubeError:
+            return {}
+        return dict(labels or {})
+
+    async def _call_webhook(
+        self, configuration: str, hook: Object, write: _Write, obj: Object, old: Object | None
+    ) -> Object:
+        """One webhook's verdict on ``obj``: the object it patched, or the write's failure."""
+        name = str(hook.get("name", ""))
+        if write.dry_run:
+            side_effects = hook.get("sideEffects")
+            if side_effects is None:
+                return _call_failed(hook, obj, "Webhook SideEffects is nil")
+            if side_effects not in ("None", "NoneOnDryRun"):
+                raise KubeError(
+                    400, "BadRequest", f'admission webhook "{name}" does not support dry run'
+                )
+        review = _review(write, obj, old)
+        uid = review["request"]["uid"]
+        url, answer, error = "", None, None
+        response: Object = {}
+        operations: list[Any] = []
+        try:
+            timeout = hook.get("timeoutSeconds") or 10
+            url = _webhook_url(hook)
+            url = f"{url}{'&' if '?' in url else '?'}timeout={timeout}s"
+            answer = await self._post(url, timeout, hook, review)
+            response = _verified(answer, uid)
+            for text in response.get("warnings") or []:
+                if text not in write.warnings:
+                    write.warnings.append(str(text))
+            if response.get("allowed") is True:
+                operations = _patch_operations(response)
+        except _CallFailed as exc:
+            error = f'failed calling webhook "{name}": {exc}'
+        self.admission_calls.append(AdmissionCall(configuration, name, url, review, answer, error))
+        if error is not None:
+            return _call_failed(hook, obj, error)
+        if response.get("allowed") is not True:
+            raise _denied(name, response.get("status"))
+        if not operations:
+            return obj
+        try:
+            patched = jsonpatch.JsonPatch(operations).apply(obj)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            raise _internal_error(str(exc)) from None
+        if not isinstance(patched, dict):
+            raise _internal_error(f'admission webhook "{name}" made the object not an object')
+        return patched
+
+    async def _post(self, url: str, timeout: float, hook: Object, review: Object) -> Any:
+        """POST the review as the API server's REST client does: trusting the CA of
+        ``caBundle``, the whole call within timeoutSeconds."""
+        config = hook.get("clientConfig") or {}
+        try:
+            context = self._tls_context(config.get("caBundle") or "")
+        except (ValueError, ssl.SSLError) as exc:
+            raise _CallFailed(f"could not get REST client: {exc}") from None
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json", "Accept": "application/json, */*"}
+        try:
+            async with (
+                asyncio.timeout(timeout),
+                self._session.post(
+                    url, data=json.dumps(review).encode(), headers=headers, ssl=context
+                ) as answer,
+            ):
+                status, body = answer.status, await answer.read()
+        except TimeoutError:
+            raise _CallFailed(
+                f'failed to call webhook: Post "{url}": context deadline exceeded'
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise _CallFailed(f'failed to call webhook: Post "{url}": {_dial_error(exc)}') from None
+        if not 200 <= status <= 206:
+            raise _CallFailed(f"failed to call webhook: {_unexpected_status(status, body)}")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise _CallFailed(f"failed to call webhook: {exc}") from None
+
+    def _tls_context(self, ca_bundle: str) -> ssl.SSLContext:
+        """Verifying against ``caBundle`` (base64 PEM), the system's roots without one."""
+        context = self._tls.get(ca_bundle)
+        if context is None:
+            if ca_bundle:
+                pem = base64.b64decode(ca_bundle, validate=True).decode()
+                context = ssl.create_default_context(cadata=pem)
+            else:
+                context = ssl.create_default_context()
+            self._tls[ca_bundle] = context
+        return context
 
     async def _watch(self, request: web.Request, query: Query) -> web.StreamResponse:
         """Newline-delimited events until timeoutSeconds (or the client goes away)."""
@@ -632,6 +1230,225 @@ class FakeKube:
                         await _send(response, change.type, change.object)
                     await changed.wait()
         return response
+
+
+def _write(call: Call, target: _Target, operation: str, warnings: list[str]) -> _Write:
+    """The write's dryRun and the options its reviews carry (PATCH's are UpdateOptions, as
+    the API server converts them)."""
+    dry_run = call.query.get("dryRun", "")
+    kind = "CreateOptions" if operation == "CREATE" else "UpdateOptions"
+    if dry_run not in ("", "All"):
+        raise KubeError(
+            422,
+            "Invalid",
+            f'{kind}.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{{"{dry_run}"}}:'
+            ' supported values: "All"',
+        )
+    options: Object = {"kind": kind, "apiVersion": "meta.k8s.io/v1"}
+    if dry_run:
+        options["dryRun"] = ["All"]
+    for field in ("fieldManager", "fieldValidation"):
+        if call.query.get(field):
+            options[field] = call.query[field]
+    return _Write(target, operation, bool(dry_run), options, warnings)
+
+
+def _as_admitted(write: _Write, obj: Object) -> Object:
+    """The object as webhooks see it: typed, in the request's namespace; a new one has no
+    creationTimestamp yet (Go writes the zero time as null)."""
+    obj = copy.deepcopy(obj)
+    resource = write.target.resource
+    obj["apiVersion"], obj["kind"] = resource.api_version, resource.kind
+    metadata = obj.setdefault("metadata", {})
+    if not isinstance(metadata, dict):
+        raise KubeError(400, "BadRequest", "metadata must be a JSON object")
+    if write.operation == "CREATE":
+        if metadata.get("namespace", write.target.namespace) != write.target.namespace:
+            raise KubeError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on "
+                "the request",
+            )
+        metadata.setdefault("creationTimestamp", None)
+    metadata["namespace"] = write.target.namespace
+    return obj
+
+
+def _should_call(
+    hook: Object,
+    write: _Write,
+    obj: Object,
+    old: Object | None,
+    namespace_labels: Mapping[str, str],
+) -> bool:
+    """The API server's ShouldCallHook: namespaceSelector on the namespace's labels,
+    objectSelector on the new or the old object's labels, then any rule."""
+    if not label_selector_matches(hook.get("namespaceSelector"), namespace_labels):
+        return False
+    selector = hook.get("objectSelector")
+    if selector and not any(
+        label_selector_matches(selector, (o.get("metadata") or {}).get("labels") or {})
+        for o in (obj, old)
+        if o is not None
+    ):
+        return False
+    resource, operation = write.target.resource, write.operation
+    return any(rule_matches(rule, resource, operation) for rule in hook.get("rules") or [])
+
+
+def _review(write: _Write, obj: Object, old: Object | None) -> Object:
+    """An AdmissionReview v1 request, field for field as the captured ones."""
+    resource = write.target.resource
+    kind = {"group": resource.group, "version": resource.version, "kind": resource.kind}
+    gvr = {"group": resource.group, "version": resource.version, "resource": resource.plural}
+    request: Object = {
+        "uid": str(uuid.uuid4()),
+        "kind": kind,
+        "resource": gvr,
+        "requestKind": dict(kind),
+        "requestResource": dict(gvr),
+        "name": (obj.get("metadata") or {}).get("name") or "",
+        "namespace": write.target.namespace,
+        "operation": write.operation,
+        "userInfo": copy.deepcopy(USER_INFO),
+        "object": copy.deepcopy(obj),
+        "oldObject": copy.deepcopy(old),
+        "dryRun": write.dry_run,
+        "options": copy.deepcopy(write.options),
+    }
+    return {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": request}
+
+
+def _webhook_url(hook: Object) -> str:
+    config = hook.get("clientConfig") or {}
+    url = config.get("url")
+    if isinstance(url, str) and url:
+        return url
+    service = config.get("service") or {}
+    address = f"{service.get('name', '')}.{service.get('namespace', '')}.svc"
+    raise _CallFailed(
+        f"failed to call webhook: the fake API server reaches no Service ({address}); "
+        "give clientConfig.url"
+    )
+
+
+def _verified(answer: Any, uid: str) -> Object:
+    """The response of an answered AdmissionReview, checked as VerifyAdmissionResponse does."""
+    if not isinstance(answer, dict):
+        raise _CallFailed("failed to call webhook: the answer is not a JSON object")
+    response = answer.get("response")
+    if not isinstance(response, dict):
+        raise _CallFailed("received invalid webhook response: webhook response was absent")
+    if response.get("uid") != uid:
+        raise _CallFailed(
+            "received invalid webhook response: "
+            f'expected response.uid="{uid}", got "{response.get("uid", "")}"'
+        )
+    if (answer.get("apiVersion"), answer.get("kind")) != ("admission.k8s.io/v1", "AdmissionReview"):
+        raise _CallFailed(
+            "received invalid webhook response: expected webhook response of "
+            "admission.k8s.io/v1, Kind=AdmissionReview, got "
+            f"{answer.get('apiVersion', '')}, Kind={answer.get('kind', '')}"
+        )
+    patch, patch_type = response.get("patch"), response.get("patchType")
+    if patch and patch_type is None:
+        raise _CallFailed(
+            "received invalid webhook response: "
+            "webhook returned response.patch but not response.patchType"
+        )
+    if not patch and patch_type is not None:
+        raise _CallFailed(
+            "received invalid webhook response: "
+            "webhook returned response.patchType but not response.patch"
+        )
+    return response
+
+
+def _patch_operations(response: Object) -> list[Any]:
+    """The JSON patch of an allowing response (base64 in ``patch``)."""
+    patch = response.get("patch")
+    if not patch:
+        return []
+    if response.get("patchType") != "JSONPatch":
+        raise _CallFailed(f'unsupported patch type "{response.get("patchType")}"')
+    try:
+        raw = base64.b64decode(str(patch), validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise _CallFailed(f"failed to call webhook: illegal base64 data: {exc}") from None
+    try:
+        operations = json.loads(raw)
+    except ValueError as exc:
+        raise _CallFailed(f"received undecodable patch in webhook response: {exc}") from None
+    if not isinstance(operations, list):
+        raise _CallFailed("received undecodable patch in webhook response: a JSON patch is a list")
+    return operations
+
+
+def _call_failed(hook: Object, obj: Object, message: str) -> Object:
+    """failurePolicy Ignore: the object as it was; Fail (the default): 500."""
+    if hook.get("failurePolicy") == "Ignore":
+        return obj
+    if not message.startswith("failed calling webhook"):
+        message = f'failed calling webhook "{hook.get("name", "")}": {message}'
+    raise _internal_error(message)
+
+
+def _internal_error(message: str) -> KubeError:
+    """apierrors.NewInternalError."""
+    return KubeError(
+        500,
+        "InternalError",
+        f"Internal error occurred: {message}",
+        details={"causes": [{"message": message}]},
+    )
+
+
+def _denied(name: str, status: Any) -> KubeError:
+    """A webhook's denial as the API server answers it (webhook/errors.ToStatusErr of v1.28):
+    its code if 400 or more, else 400; its reason and details; the message prefixed."""
+    status = status if isinstance(status, dict) else {}
+    code = status.get("code")
+    code = code if isinstance(code, int) and code >= 400 else 400
+    denied_by = f'admission webhook "{name}" denied the request'
+    if status.get("message"):
+        message = f"{denied_by}: {status['message']}"
+    elif status.get("reason"):
+        message = f"{denied_by}: {status['reason']}"
+    else:
+        message = f"{denied_by} without explanation"
+    details = status.get("details") if isinstance(status.get("details"), dict) else None
+    return KubeError(code, str(status.get("reason") or ""), message, details=details)
+
+
+def _unexpected_status(status: int, body: bytes) -> str:
+    """What client-go's REST client says of a non-2xx answer without a Status."""
+    if status == 404:
+        return "the server could not find the requested resource"
+    if status >= 500:
+        text = body.decode(errors="replace")[:1024]
+        return (
+            f"an error on the server ({json.dumps(text)}) has prevented the request from succeeding"
+        )
+    return f"the server responded with the status code {status} but did not return more information"
+
+
+def _dial_error(exc: aiohttp.ClientError) -> str:
+    """The words of Go's net and crypto/tls for the usual failures, else aiohttp's."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        detail = getattr(error, "verify_message", None) or str(error)
+        return f"tls: failed to verify certificate: {detail}"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
+        return f"dial tcp {exc.host}:{exc.port}: connect: connection refused"
+    return str(exc)
+
+
+def _quoted(text: str) -> str:
+    """net.NewWarningHeader's quoting: backslash and double quote escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 async def _send(response: web.StreamResponse, kind: str, obj: Object) -> None:
