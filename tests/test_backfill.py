@@ -20,15 +20,25 @@ import orjson
 import pytest
 import yaml
 
-from tests.admission_helpers import SAMPLE_IMAGES
+from tests.admission_helpers import SAMPLE_IMAGES, patched
 from tests.helpers import make_config, tls
 from tests.support import images, skopeo
-from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, LEASES, SECRETS, FakeKube, Query
+from tests.support.fakekube import (
+    DEPLOYMENTS,
+    EVENTS,
+    IMAGE_BACKUPS,
+    LEASES,
+    MUTATING_WEBHOOK_CONFIGURATIONS,
+    SECRETS,
+    FakeKube,
+    Query,
+)
 from tests.support.registries import Registry, RegistryFactory
 from tests.support.tls import TLSFiles
 from tests.support.webhooks import Webhook, running_webhook
 from tests.workloads import KUBERNETES_KINDS, RESOURCES, create, opt_in, workload
-from webhook.backfill import Backfill, Summary
+from webhook.admission.patch import ORIGINAL_IMAGES
+from webhook.backfill import BACKFILLED, Backfill, Summary
 from webhook.cluster import Cluster, connect
 from webhook.config import Config
 from webhook.engine import open_engine
@@ -237,7 +247,7 @@ async def test_a_namespace_can_be_named_and_pages_are_followed(
         async with open_engine(config) as engine:
             summary = await Backfill(engine, workloads, config).run(namespaces=[TEAM])
     assert (summary.namespaces, summary.workloads) == (1, 7)
-    assert summary.images == {"copied": 1, "backed_up": 6}
+    assert summary.images["copied"] + summary.images["backed_up"] == 7
     pods = [c for c in fake_kube.calls if c.path.endswith(f"/namespaces/{TEAM}/pods")]
     assert [c.query.get("limit") for c in pods] == ["3", "3", "3"]
     assert [bool(c.query.get("continue")) for c in pods] == [False, True, True]
@@ -368,3 +378,80 @@ def test_only_the_lease_holder_makes_the_passes(
     assert passes[leader] >= 3 and passes[other] == 0
     for name in ("library/nginx:1.25", "library/busybox:1.36"):
         assert holds(basic_registry, config, f"docker.io/{name}")
+
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests" / "base"
+
+
+def register_webhook(kube: FakeKube, hook: Webhook, tls_ca: TLSFiles) -> None:
+    """The base manifests' MutatingWebhookConfiguration, pointed at `hook` by URL."""
+    document = yaml.safe_load((MANIFESTS / "mutatingwebhookconfiguration.yaml").read_text())
+    ca_bundle = base64.b64encode(Path(tls_ca.ca_file).read_bytes()).decode()
+    for webhook in document["webhooks"]:
+        path = webhook["clientConfig"]["service"]["path"]
+        webhook["clientConfig"] = {"url": f"{hook.url}{path}", "caBundle": ca_bundle}
+    kube.store.create(MUTATING_WEBHOOK_CONFIGURATIONS, "", document)
+
+
+def test_a_rewrite_goes_through_the_webhook_and_is_what_an_admission_makes(
+    fake_kube: FakeKube,
+    hub: dict[str, images.Image],
+    plain_registry: Registry,
+    basic_registry: Registry,
+    private: tuple[Registry, str],
+    tmp_path: Path,
+    tls_ca: TLSFiles,
+) -> None:
+    config = config_for(basic_registry, plain_registry, private[0])
+    document = config_document(config)
+    document["backfill"] = {"intervalSeconds": 0, "rewritesPerMinute": 600}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    opt_in(fake_kube, TEAM, "enforce")
+    web = {"nginx": "nginx:1.25", "sidecar": "busybox:1.36"}
+    deployment = create(fake_kube, TEAM, workload("Deployment", "web", web))
+    owned = workload("ReplicaSet", "web-1", {"nginx": "nginx:1.25"})
+    owned["metadata"]["ownerReferences"] = [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "controller": True,
+         "uid": deployment["metadata"]["uid"]}
+    ]  # fmt: skip
+    for obj in (owned, workload("Job", "once", {"main": "nginx:1.26"})):
+        create(fake_kube, TEAM, obj)
+    create(fake_kube, TEAM, workload("CronJob", "report", {"main": "nginx:1.26"}))
+    before = {kind: fake_kube.store.get(RESOURCES[kind], TEAM, name) for kind, name in
+              [("ReplicaSet", "web-1"), ("Job", "once")]}  # fmt: skip
+    env = {"POD_NAMESPACE": "image-backup", "POD_NAME": "hook"}
+    with running_webhook(tmp_path, document, tls_ca, env=env) as hook:
+        register_webhook(fake_kube, hook, tls_ca)
+        command = [sys.executable, "-m", "webhook", "backfill", "--rewrite", "--config", str(path)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(done.stdout.splitlines()[1:]) == [
+        "rewritten: team/CronJob/report",
+        "rewritten: team/Deployment/web",
+    ]
+    # The update the pass made, as the webhook saw it and answered it: the stored object is
+    # that update with the webhook's patch applied, nothing else.
+    [call] = [c for c in fake_kube.admission_calls if c.review["request"]["name"] == "web"]
+    request = call.review["request"]
+    assert (request["operation"], call.webhook) == ("UPDATE", "enforce.image-backup.io")
+    assert request["object"]["metadata"]["annotations"][BACKFILLED]
+    assert request["object"]["spec"] == request["oldObject"]["spec"]  # only the annotation
+    expected = patched(call.review, call.answer["response"])
+    stored = fake_kube.store.get(DEPLOYMENTS, TEAM, "web")
+    assert stored["spec"] == expected["spec"]
+    assert stored["metadata"]["annotations"] == expected["metadata"]["annotations"]
+    containers = stored["spec"]["template"]["spec"]["containers"]
+    prefix = f"{basic_registry.host}/{config.backup_registry.prefix}/docker.io/library/"
+    assert [c["image"].split("@")[0] for c in containers] == [
+        f"{prefix}nginx:1.25",
+        f"{prefix}busybox:1.36",
+    ]
+    assert orjson.loads(stored["metadata"]["annotations"][ORIGINAL_IMAGES]) == {
+        "nginx": "nginx:1.25",
+        "sidecar": "busybox:1.36",
+    }
+    # Not rewritten: what a controller made (its Deployment is), a Job (immutable template).
+    for kind, obj in before.items():
+        assert fake_kube.store.get(RESOURCES[kind], TEAM, obj["metadata"]["name"]) == obj
