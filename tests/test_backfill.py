@@ -373,9 +373,13 @@ def test_only_the_lease_holder_makes_the_passes(
             time.sleep(0.1)
         lease = fake_kube.store.get(LEASES, "image-backup", "image-backup-backfill")
         passes = {name: completed_passes(hook) for name, hook in hooks.items()}
-    leader = lease["spec"]["holderIdentity"]
+        leader = lease["spec"]["holderIdentity"]
+        metrics = hooks[leader].get("/metrics")[1].decode()
     [other] = set(hooks) - {leader}
     assert passes[leader] >= 3 and passes[other] == 0
+    for state, images_now in [("backed_up", 2), ("unprotected", 0), ("protected", 0)]:
+        line = f'image_backup_workload_images{{namespace="team",state="{state}"}} {images_now}.0'
+        assert line in metrics.splitlines()
     for name in ("library/nginx:1.25", "library/busybox:1.36"):
         assert holds(basic_registry, config, f"docker.io/{name}")
 
