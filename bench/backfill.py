@@ -20,14 +20,17 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from bench.copy import Run, install, run_timed, scratch_dir, skopeo_copy
+from tests.support.accounts import PUSHER, PUSHER_PASSWORD, TOKEN_POLICY
 from tests.support.fakekube import FakeKube
 from tests.support.images import make_image, push
 from tests.support.registries import Registry, start_registry
 from tests.support.skopeo import inspect_raw_digest
+from tests.support.tokenserver import TokenServer
 from tests.workloads import create, opt_in, workload
 
 MB = 1 << 20
@@ -65,17 +68,39 @@ def requests(registry: Registry) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.backfill", description=__doc__)
-    parser.parse_args()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.backfill",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--auth",
+        choices=["basic", "token"],
+        default="basic",
+        help="the backup registry's: htpasswd (a bcrypt check on every request) or a token "
+        "service (default: basic)",
+    )
+    args = parser.parse_args()
     work = scratch_dir("ibw-bench-backfill-", 4 * IMAGES * 2 * MB + 512 * MB)
     kube = FakeKube.start()
-    source = target = None
+    source = target = tokens = None
     try:
         source = start_registry(
             os.path.join(work, "source"), tls=False, auth="none", access_log=True
         )
+        auth: dict[str, Any] = {}
+        if args.auth == "token":
+            tls_dir = os.path.join(work, "tls")
+            tokens = TokenServer.start(
+                os.path.join(work, "tokens"),
+                users={PUSHER: PUSHER_PASSWORD},
+                policy=TOKEN_POLICY,
+                tls_dir=tls_dir,
+            )
+            auth = {"token_server": tokens, "username": PUSHER, "password": PUSHER_PASSWORD}
+            auth["tls_dir"] = tls_dir
         target = start_registry(
-            os.path.join(work, "target"), tls=True, auth="basic", access_log=True
+            os.path.join(work, "target"), tls=True, auth=args.auth, access_log=True, **auth
         )
         kubeconfig = kube.write_kubeconfig(os.path.join(work, "kubeconfig"))
         config = config_file(work, source, target)
@@ -118,12 +143,15 @@ def main() -> int:
         for registry in (source, target):
             if registry is not None:
                 registry.close()
+        if tokens is not None:
+            tokens.stop()
         kube.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     ratio = new.seconds / skopeo_seconds
     new_ok = ratio <= NEW_BAR
-    print(f"\nbackfill, {WORKLOADS} workloads, {IMAGES} new images of 2 x 1 MB:")
+    print(f"\nbackup registry: TLS, {args.auth} auth")
+    print(f"backfill, {WORKLOADS} workloads, {IMAGES} new images of 2 x 1 MB:")
     print(
         f"  image-backup backfill {new.seconds:.2f} s (peak RSS {new.rss_mb:.0f} MB), "
         f"{IMAGES} x skopeo copy {skopeo_seconds:.2f} s: ratio {ratio:.3f} "
