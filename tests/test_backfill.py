@@ -159,18 +159,31 @@ def backup_of(config: Config, image: str, digest: str) -> str:
     return str(config.backup_registry.scheme().reference_for(parse(image), digest))
 
 
-async def test_a_pass_backs_up_what_enforce_namespaces_run_and_changes_nothing(
+@pytest.fixture
+def populated(
     fake_kube: FakeKube,
     hub: dict[str, images.Image],
     plain_registry: Registry,
     basic_registry: Registry,
     private: tuple[Registry, str],
     audit_only: str,
-) -> None:
+) -> Config:
+    """The cluster of `populate`, and the configuration that backs it up."""
     config = config_for(basic_registry, plain_registry, private[0])
-    nginx = hub["library/nginx:1.25"]
-    pinned = backup_of(config, "docker.io/library/nginx:1.25", nginx.digest)
+    pinned = backup_of(config, "docker.io/library/nginx:1.25", hub["library/nginx:1.25"].digest)
     populate(fake_kube, backup=pinned, private=private, audit_image=audit_only)
+    return config
+
+
+async def test_a_pass_backs_up_what_enforce_namespaces_run_and_changes_nothing(
+    populated: Config,
+    fake_kube: FakeKube,
+    hub: dict[str, images.Image],
+    basic_registry: Registry,
+    private: tuple[Registry, str],
+    audit_only: str,
+) -> None:
+    config = populated
 
     summary = await backfill(config)
 
@@ -207,16 +220,13 @@ async def test_a_pass_backs_up_what_enforce_namespaces_run_and_changes_nothing(
 
 
 async def test_audit_and_dry_run_copy_nothing(
+    populated: Config,
     fake_kube: FakeKube,
-    hub: dict[str, images.Image],
-    plain_registry: Registry,
     basic_registry: Registry,
     private: tuple[Registry, str],
     audit_only: str,
 ) -> None:
-    config = config_for(basic_registry, plain_registry, private[0])
-    pinned = backup_of(config, "docker.io/library/nginx:1.25", hub["library/nginx:1.25"].digest)
-    populate(fake_kube, backup=pinned, private=private, audit_image=audit_only)
+    config = populated
 
     summary = await backfill(config, dry_run=True)
 
@@ -274,18 +284,12 @@ async def test_deploymentconfigs_where_the_api_has_them(
 
 
 def test_the_cli_pass_and_status(
+    populated: Config,
     fake_kube: FakeKube,
-    hub: dict[str, images.Image],
-    plain_registry: Registry,
     basic_registry: Registry,
-    private: tuple[Registry, str],
-    audit_only: str,
     tmp_path: Path,
 ) -> None:
-    config = config_for(basic_registry, plain_registry, private[0])
-    nginx = hub["library/nginx:1.25"]
-    pinned = backup_of(config, "docker.io/library/nginx:1.25", nginx.digest)
-    populate(fake_kube, backup=pinned, private=private, audit_image=audit_only)
+    config = populated
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config_document(config)))
 
