@@ -175,16 +175,20 @@ class Server:
                     f"{self.name} exited with {self.process.returncode}:\n{self.tail()}"
                 )
             with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = self._connection()
-                try:
-                    conn.request("GET", "/readyz")
-                    if conn.getresponse().status == 200:
-                        return
-                finally:
-                    conn.close()
+                if self.get("/readyz")[0] == 200:
+                    return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.tail()}")
             time.sleep(0.1)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        conn = self._connection()
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     def post(self, body: bytes) -> tuple[dict[str, Any], float]:
         """POST /mutate on a fresh connection: the answer and the round trip (TLS set up first)."""
