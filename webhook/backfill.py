@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from .admission.exclusion import Exclusions
 from .admission.notices import Notices
 from .admission.plan import Action, ImagePlan, Planner, reason
-from .admission.pods import image_fields, pod_spec, pull_identity
+from .admission.pods import pull_identity, stored_images
 from .config import Config
 from .events import event_message
 from .kube.client import KubeError
@@ -189,9 +189,7 @@ class Backfill:
         except KubeError as exc:
             summary.failures.append(f"{where}: not rewritten: {exc}")
             return
-        group, kind = workload.kind.group, workload.kind.kind
-        spec = pod_spec(group, kind, stored)
-        fields = image_fields(group, kind, spec, sub_resource="") if spec is not None else []
+        _, fields = stored_images(workload.kind.group, workload.kind.kind, stored)
         left = [
             plan.field.image
             for plan in self._planner.plan(fields, refresh=False)
@@ -211,9 +209,8 @@ class Backfill:
     async def _workload(self, workload: Workload, dry_run: bool, summary: Summary) -> bool:
         """Whether the workload is one to rewrite: its own (no controller), backed up in
         full, not yet running from its backups."""
-        group, kind = workload.kind.group, workload.kind.kind
-        spec = pod_spec(group, kind, workload.obj)
-        fields = image_fields(group, kind, spec, sub_resource="") if spec is not None else []
+        kind = workload.kind.kind
+        spec, fields = stored_images(workload.kind.group, kind, workload.obj)
         if spec is None or not fields:
             return False
         if self._exclusions.excludes(workload.namespace, workload.annotations):

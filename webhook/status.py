@@ -19,7 +19,7 @@ import orjson
 
 from .admission.exclusion import Exclusions
 from .admission.plan import Action, Planner
-from .admission.pods import image_fields, pod_spec
+from .admission.pods import stored_images
 from .kube.records import ReadyBackup
 from .kube.workloads import Workloads
 from .reference import Reference
@@ -73,11 +73,8 @@ async def rows(
     found = []
     for namespace, mode in await workloads.namespaces(namespaces):
         async for workload in workloads.in_namespace(namespace, mode):
-            group, kind = workload.kind.group, workload.kind.kind
-            spec = pod_spec(group, kind, workload.obj)
-            if spec is None:
-                continue
-            fields = image_fields(group, kind, spec, sub_resource="")
+            kind = workload.kind.kind
+            _, fields = stored_images(workload.kind.group, kind, workload.obj)
             excluded = exclusions.excludes(namespace, workload.annotations)
             name = f"{kind}/{workload.name}"
             for plan in planner.plan(fields, refresh=False):

@@ -86,6 +86,15 @@ def image_fields(group: str, kind: str, spec: Spec, *, sub_resource: str) -> lis
     return fields
 
 
+def stored_images(group: str, kind: str, obj: KubeObject) -> tuple[Spec | None, list[ImageField]]:
+    """A stored object's pod spec, and every image in it: what a pass or a report reads of
+    each workload (an object as a whole, never through a subresource)."""
+    spec = pod_spec(group, kind, obj)
+    if spec is None:
+        return None, []
+    return spec, image_fields(group, kind, spec, sub_resource="")
+
+
 def _pointers(path: tuple[str, ...], list_name: str, count: int) -> tuple[str, ...]:
     base = "/" + "/".join(path)
     return tuple(f"{base}/{list_name}/{index}/image" for index in range(count))
