@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 
 from .admission.exclusion import Exclusions
 from .admission.notices import Notices
-from .admission.plan import Action, ImagePlan, Planner, reason
+from .admission.plan import Action, ImagePlan, Planner, not_backed_up, reason
 from .admission.pods import pull_identity, stored_images
 from .config import Config
 from .events import event_message
@@ -182,7 +182,7 @@ class Backfill:
         """Update the workload through the API server, touching only an annotation of its
         own: the webhook, admitting the update, rewrites its images from the backups the
         pass made, and records the originals, exactly as for any other update."""
-        where = f"{workload.namespace}/{workload.kind.kind}/{workload.name}"
+        where = workload.path
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             stored = await self._workloads.annotate(workload, BACKFILLED, stamp)
@@ -230,8 +230,7 @@ class Backfill:
                 copied.append(f"{image} as {detail}")
             elif outcome == FAILED:
                 failed.append(f"{image}: {detail}")
-        where = f"{workload.namespace}/{kind}/{workload.name}"
-        summary.failures.extend(f"{where}: {failure}" for failure in failed)
+        summary.failures.extend(f"{workload.path}: {failure}" for failure in failed)
         if copy and self._notices is not None:
             involved = InvolvedObject(
                 workload.kind.api_version, kind, workload.namespace, workload.name, workload.uid
@@ -239,8 +238,7 @@ class Backfill:
             if copied:
                 self._notices.emit(involved, "ImageBackedUp", "; ".join(copied))
             if failed:
-                count = f"{len(failed)} image{'s' if len(failed) > 1 else ''}"
-                message = f"image-backup: {count} could not be backed up: " + "; ".join(failed)
+                message = not_backed_up(failed)
                 self._notices.emit(involved, "ImageBackupFailed", message, warning=True)
         return (
             copy

@@ -22,7 +22,7 @@ from .exclusion import Exclusions
 from .notices import Notices, notify
 from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
-from .plan import Action, ImagePlan, Planner, reason
+from .plan import Action, ImagePlan, Planner, not_backed_up, reason
 from .pods import (
     EPHEMERAL_CONTAINERS,
     ImageField,
@@ -311,12 +311,7 @@ class Admission:
         self, metadata: ObjectMeta | None, outcome: Outcome, *, record_originals: bool
     ) -> AdmissionResponse:
         if outcome.failures and not self._allow_on_failure:
-            count = len(outcome.failures)
-            message = (
-                f"image-backup: {count} image{'s' if count > 1 else ''} could not be backed up: "
-                + "; ".join(outcome.failures)
-            )
-            return AdmissionResponse(allowed=False, message=message)
+            return AdmissionResponse(allowed=False, message=not_backed_up(outcome.failures))
         warnings = outcome.warnings
         if outcome.failures:
             warnings = warnings + [

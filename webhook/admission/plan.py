@@ -116,3 +116,12 @@ def reason(error: object) -> str:
     if isinstance(error, RegistryError | ValueError):
         return one_line(error)
     return f"unexpected error ({type(error).__name__})"
+
+
+def not_backed_up(failures: list[str]) -> str:
+    """A denial's words, and those of an Event about a workload: each `image: reason`."""
+    count = len(failures)
+    return (
+        f"image-backup: {count} image{'s' if count > 1 else ''} could not be backed up: "
+        + "; ".join(failures)
+    )

@@ -75,6 +75,11 @@ class Workload:
         return (self.obj.metadata.name if self.obj.metadata else None) or ""
 
     @property
+    def path(self) -> str:
+        """``namespace/Kind/name``, as summaries and logs name it."""
+        return f"{self.namespace}/{self.kind.kind}/{self.name}"
+
+    @property
     def uid(self) -> str:
         return (self.obj.metadata.uid if self.obj.metadata else None) or ""
 
