@@ -463,3 +463,24 @@ def test_a_rewrite_goes_through_the_webhook_and_is_what_an_admission_makes(
     # Not rewritten: what a controller made (its Deployment is), a Job (immutable template).
     for kind, obj in before.items():
         assert fake_kube.store.get(RESOURCES[kind], TEAM, obj["metadata"]["name"]) == obj
+
+
+async def test_a_list_whose_continue_token_expired_is_read_again_whole(
+    fake_kube: FakeKube,
+) -> None:
+    opt_in(fake_kube, TEAM, "enforce")
+    for index in range(5):
+        create(fake_kube, TEAM, workload("Pod", f"p{index}", {"main": "busybox:1.36"}))
+    with api_client() as api:
+        workloads = Workloads(api, page_size=2)
+        seen = []
+        async for found in workloads.in_namespace(TEAM, "enforce"):
+            seen.append(found.name)
+            if len(seen) == 2:  # after the first page: writes, then the API server compacts
+                opt_in(fake_kube, OTHER, None)
+                fake_kube.store.compact()
+    # The second page's token had expired (410): the list began again, so the first two
+    # come twice, and none is missed.
+    assert seen == ["p0", "p1", "p0", "p1", "p2", "p3", "p4"]
+    pods = [c for c in fake_kube.calls if c.path.endswith(f"/namespaces/{TEAM}/pods")]
+    assert [bool(c.query.get("continue")) for c in pods] == [False, True, False, True, True]

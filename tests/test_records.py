@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from tests.support.fakekube import IMAGE_BACKUPS, Call, FakeKube, KubeError
+from webhook.kube import records as records_module
 from webhook.kube.client import api_client
 from webhook.kube.records import BackupRecords, ReadyBackup, record_name
 from webhook.registry.copy import Stored
@@ -456,7 +457,7 @@ async def test_run_touches_writes_uses_in_the_background(
 
 
 async def test_ready_lists_the_ready_backups_with_what_was_backed_up_and_since_when(
-    fake_kube: FakeKube, open_records: Opener
+    fake_kube: FakeKube, open_records: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blobs = ["sha256:" + "01" * 32, "sha256:" + "02" * 32]
     seed(fake_kube, {"phase": "Ready", "firstUsed": "2026-11-02T10:00:00.000000Z"}, blobs=blobs)
@@ -472,7 +473,11 @@ async def test_ready_lists_the_ready_backups_with_what_was_backed_up_and_since_w
         seed(fake_kube, {"phase": phase}, repo=repo, backup=f"{repo}:1@{DIGEST}")
     seed(fake_kube, {"phase": "Ready"}, namespace="elsewhere", repo="r.example/elsewhere")
 
+    monkeypatch.setattr(records_module, "PAGE_SIZE", 2)  # several pages
     ready = await open_records("replica-a").ready()
+    lists = [c for c in fake_kube.calls if c.method == "GET" and c.path.endswith("/imagebackups")]
+    assert [c.query.get("limit") for c in lists] == ["2", "2"]  # the namespace's 4 records
+    assert [bool(c.query.get("continue")) for c in lists] == [False, True]
     assert sorted(ready, key=lambda backup: backup.backup_repo) == [
         ReadyBackup(REPO, DIGEST, tuple(blobs), SOURCE, BACKUP, "2026-11-02T10:00:00.000000Z"),
         ReadyBackup("localhost:5000/app", other, (), SOURCE, f"localhost:5000/app@{other}"),

@@ -11,7 +11,8 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import urllib3
 from kubernetes import client, config
@@ -19,6 +20,10 @@ from kubernetes import client, config
 from ..text import one_line
 
 TIMEOUT_SECONDS = 30.0  # per request: a hung connection must not hang start-up
+PAGE_SIZE = 500  # kubectl's chunk size
+RESTARTS = 3  # a list whose continue token expired is restarted at most this often
+
+P = TypeVar("P")
 
 
 class KubeError(Exception):
@@ -89,3 +94,24 @@ def _status(body: object) -> dict[str, object]:
     except ValueError:
         return {}
     return status if isinstance(status, dict) else {}
+
+
+async def pages(fetch: Callable[[str], Awaitable[tuple[P, str]]]) -> AsyncIterator[P]:
+    """Every page of a list. `fetch(token)` gets the page after `token` ("" for the first)
+    and the token of the next ("" after the last). A token the API server has forgotten
+    (410, after compaction) restarts the list: items already seen come again, none is missed,
+    which suits callers that may see an object twice."""
+    restarts = 0
+    token = ""
+    while True:
+        try:
+            page, following = await fetch(token)
+        except KubeError as exc:
+            if exc.status != 410 or not token or restarts >= RESTARTS:
+                raise
+            restarts, token = restarts + 1, ""
+            continue
+        yield page
+        if not following:
+            return
+        token = following

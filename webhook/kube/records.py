@@ -33,7 +33,7 @@ from kubernetes import client, watch
 from ..events import event_message
 from ..registry.copy import STILL_COPYING, Stored
 from ..text import one_line
-from .client import TIMEOUT_SECONDS, KubeError, translated
+from .client import PAGE_SIZE, TIMEOUT_SECONDS, KubeError, pages, translated
 
 log = logging.getLogger("image_backup.records")
 
@@ -167,12 +167,20 @@ class BackupRecords:
 
     async def ready(self) -> list[ReadyBackup]:
         """The backups recorded as Ready: to start with what other replicas made, and to
-        say what is protected."""
-        listed = await self._request(
-            f"listing ImageBackups in {self._namespace}", self._custom.list_namespaced_custom_object
-        )
+        say what is protected. Read a page at a time: there may be tens of thousands."""
+
+        async def fetch(token: str) -> tuple[list[Object], str]:
+            listed = await self._request(
+                f"listing ImageBackups in {self._namespace}",
+                self._custom.list_namespaced_custom_object,
+                limit=PAGE_SIZE,
+                _continue=token or None,
+            )
+            return listed["items"], (listed.get("metadata") or {}).get("continue") or ""
+
         backups = []
-        for record in listed["items"]:
+        records = [record async for page in pages(fetch) for record in page]
+        for record in records:
             if _phase(record) == READY:
                 spec = record["spec"]
                 blobs = tuple(spec.get("blobs") or ())

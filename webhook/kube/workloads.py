@@ -7,8 +7,9 @@ into the few fields images need, as an admission review is: the rest of each obj
 skipped, not built.
 
 A page whose continue token expired (the API server answers 410 after compacting) restarts
-that kind's list: objects already seen are seen again, which a pass tolerates (its copies
-are remembered), and none is missed. DeploymentConfigs are listed where the API has them.
+that kind's list (client.pages): objects already seen are seen again, which a pass
+tolerates (its copies are remembered), and none is missed. DeploymentConfigs are listed
+where the API has them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import msgspec
 from kubernetes import client
 
 from ..admission.objects import KubeObject
-from .client import TIMEOUT_SECONDS, KubeError, translated
+from .client import PAGE_SIZE, TIMEOUT_SECONDS, KubeError, pages, translated
 
 MODE_LABEL = "image-backup.io/mode"
 MODES = ("enforce", "audit")
-PAGE_SIZE = 500  # kubectl's chunk size
-RESTARTS = 3  # an expired continue token restarts a list at most this often
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -174,31 +173,19 @@ class Workloads:
         except msgspec.ValidationError as exc:
             raise KubeError(f"{doing}: unexpected answer: {exc}") from None
 
-    async def _list(
-        self, path: str, what: str, decoder: msgspec.json.Decoder[Any]
-    ) -> AsyncIterator[Any]:
-        """The pages of a list, restarted if its continue token expires."""
-        restarts = 0
-        token = ""
-        while True:
+    def _list(self, path: str, what: str, decoder: msgspec.json.Decoder[Any]) -> AsyncIterator[Any]:
+        async def fetch(token: str) -> tuple[Any, str]:
             query: list[tuple[str, Any]] = [("limit", self._page_size)]
             if token:
                 query.append(("continue", token))
-            try:
-                raw = await asyncio.to_thread(self._request, "GET", path, query, f"listing {what}")
-            except KubeError as exc:
-                if exc.status != 410 or not token or restarts >= RESTARTS:
-                    raise
-                restarts, token = restarts + 1, ""
-                continue
+            raw = await asyncio.to_thread(self._request, "GET", path, query, f"listing {what}")
             try:
                 page = decoder.decode(raw)
             except msgspec.ValidationError as exc:
                 raise KubeError(f"listing {what}: unexpected answer: {exc}") from None
-            yield page
-            token = (page.metadata.continue_ if page.metadata else None) or ""
-            if not token:
-                return
+            return page, (page.metadata.continue_ if page.metadata else None) or ""
+
+        return pages(fetch)
 
     def _request(
         self,
