@@ -30,9 +30,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import msgspec
 
 from .admission.exclusion import Exclusions
 from .admission.notices import Notices
@@ -99,6 +102,30 @@ class Summary:
             for state in set(STATES.values()):
                 metrics.workload_images.labels(namespace, state).set(states[state])
 
+    def to_json(self) -> bytes:
+        """What `image-backup backfill -o json` prints, and `serve` reads from it."""
+        document = _SummaryDocument(
+            self.namespaces,
+            self.workloads,
+            dict(self.images),
+            {namespace: dict(counts) for namespace, counts in self.by_namespace.items()},
+            self.failures,
+            self.rewritten,
+        )
+        return msgspec.json.encode(document)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Summary:
+        document = msgspec.json.decode(raw, type=_SummaryDocument)
+        return cls(
+            document.namespaces,
+            document.workloads,
+            Counter(document.images),
+            {namespace: Counter(counts) for namespace, counts in document.by_namespace.items()},
+            document.failures,
+            document.rewritten,
+        )
+
     def lines(self) -> list[str]:
         counts = ", ".join(f"{self.images[o]} {o.replace('_', ' ')}" for o in OUTCOMES)
         return [
@@ -107,6 +134,15 @@ class Summary:
             *(f"rewritten: {workload}" for workload in self.rewritten),
             *(f"failed: {failure}" for failure in self.failures),
         ]
+
+
+class _SummaryDocument(msgspec.Struct):
+    namespaces: int
+    workloads: int
+    images: dict[str, int]
+    by_namespace: dict[str, dict[str, int]]
+    failures: list[str]
+    rewritten: list[str]
 
 
 class Backfill:
@@ -118,12 +154,10 @@ class Backfill:
         *,
         pull: PullCredentials | None = None,
         notices: Notices | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         """`pull` None: every workload gets the configured credentials; `notices` None:
-        no Kubernetes Events; `metrics` None: copies are not counted."""
+        no Kubernetes Events."""
         self._engine = engine
-        self._metrics = metrics
         self._workloads = workloads
         self._pull = pull
         self._notices = notices
@@ -203,8 +237,6 @@ class Backfill:
             )
             return
         summary.rewritten.append(where)
-        if self._metrics is not None:
-            self._metrics.backfill_rewrites.inc()
 
     async def _workload(self, workload: Workload, dry_run: bool, summary: Summary) -> bool:
         """Whether the workload is one to rewrite: its own (no controller), backed up in
@@ -262,8 +294,7 @@ class Backfill:
             assert plan.backup is not None
             return BACKED_UP, str(plan.backup.backup)
         assert plan.source is not None
-        started = time.monotonic()
-        deadline = started + self._copy_timeout
+        deadline = time.monotonic() + self._copy_timeout
         try:
             result: CopyResult | None
             if copy:
@@ -274,35 +305,30 @@ class Backfill:
             else:
                 result = await self._engine.lookup(plan.source, deadline=deadline, keyring=keyring)
         except Exception as exc:  # every failure is the image's, reported: the pass goes on
-            if copy and self._metrics is not None:
-                self._metrics.copies.labels("failed").inc()
             return FAILED, reason(exc)
         if result is None:
             return WOULD_BACK_UP, ""
-        if copy and self._metrics is not None:
-            self._metrics.copied(
-                time.monotonic() - started,
-                already_present=result.already_backed_up,
-                uploaded=result.stats.bytes_uploaded,
-            )
         if copy and not result.already_backed_up:
             return COPIED, str(result.backup)
         return BACKED_UP, str(result.backup)
 
 
-async def keep_backfilling(backfill: Backfill, metrics: Metrics, *, interval: float) -> None:
+async def keep_backfilling(
+    run_pass: Callable[[], Awaitable[Summary]], metrics: Metrics, *, interval: float
+) -> None:
     """`serve`'s loop: a pass at once, then one `interval` seconds after each ended, for as
     long as it runs (while this replica holds the backfill Lease). A pass that cannot read
     the cluster is logged and counted, and the next one comes as usual."""
     while True:
         started = time.monotonic()
         try:
-            summary = await backfill.run()
+            summary = await run_pass()
         except KubeError as exc:
             metrics.backfill_passes.labels("failed").inc()
             log.warning(event_message("backfill_failed", error=str(exc)))
         else:
             metrics.backfill_passes.labels("completed").inc()
+            metrics.backfill_rewrites.inc(len(summary.rewritten))
             summary.export(metrics)
             counts = {outcome: str(summary.images[outcome]) for outcome in OUTCOMES}
             log.info(
@@ -319,3 +345,26 @@ async def keep_backfilling(backfill: Backfill, metrics: Metrics, *, interval: fl
                 log.warning(event_message("backfill_image_failed", failure=failure))
         metrics.backfill_seconds.observe(time.monotonic() - started)
         await asyncio.sleep(interval)
+
+
+async def pass_in_a_process(argv: Sequence[str], env: Mapping[str, str]) -> Summary:
+    """One pass made by `image-backup backfill -o json` (`argv`), a process of its own: its
+    copying, hashing and listing then never hold up the event loop that answers admissions,
+    and the operating system shares the CPUs between the two. Cancelled, it ends the process."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=dict(env)
+    )
+    try:
+        out, _ = await process.communicate()
+    except asyncio.CancelledError:
+        with suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    # Exit 1 with a summary: images failed, and the summary says which.
+    if process.returncode in (0, 1) and out.strip():
+        try:
+            return Summary.from_json(out)
+        except msgspec.ValidationError:
+            pass
+    raise KubeError(f"the backfill process exited with {process.returncode} and no summary")

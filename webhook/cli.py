@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .reference import Reference
     from .registry.client import Repository
-    from .registry.copy import CopyEngine
     from .tls import ReloadingCertificate
 
 EXIT_FAILED = 1
@@ -168,11 +167,13 @@ async def _serve(args: argparse.Namespace, config: Config) -> int:
         # needs no registry to report.
         certificate = ReloadingCertificate(settings.cert_file, settings.key_file)
         certificate.load()
-        await _serve_with(config, certificate)
+        await _serve_with(config, args.config, certificate)
     return 0
 
 
-async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None:
+async def _serve_with(
+    config: Config, config_files: Sequence[str], certificate: ReloadingCertificate
+) -> None:
     from .admission.handler import Admission
     from .cluster import connect, warm
     from .engine import open_engine
@@ -197,7 +198,7 @@ async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None
                 uses=cluster.records if cluster is not None else None,
             )
             try:
-                async with _backfilling(config, cluster, engine, metrics):
+                async with _backfilling(config, config_files, cluster, metrics):
                     await serve(reviewer, metrics, certificate, settings=settings)
             finally:
                 reviewer.flush_records()
@@ -205,27 +206,26 @@ async def _serve_with(config: Config, certificate: ReloadingCertificate) -> None
 
 @contextlib.asynccontextmanager
 async def _backfilling(
-    config: Config, cluster: Cluster | None, engine: CopyEngine, metrics: Metrics
+    config: Config, config_files: Sequence[str], cluster: Cluster | None, metrics: Metrics
 ) -> AsyncIterator[None]:
-    """Backfill passes in the background, on the replica holding the Lease, while serving."""
+    """Backfill passes in the background, on the replica holding the Lease, while serving:
+    each an `image-backup backfill` process with the same configuration."""
     interval = config.backfill.interval_seconds
     if cluster is None or interval <= 0:
         yield
         return
     import asyncio
+    import functools
 
-    from .backfill import Backfill, keep_backfilling
+    from .backfill import keep_backfilling, pass_in_a_process
 
-    backfill = Backfill(
-        engine,
-        cluster.workloads,
-        config,
-        pull=cluster.pull,
-        notices=cluster.events,
-        metrics=metrics,
-    )
+    argv = [sys.executable, "-m", "webhook", "backfill", "--output", "json"]
+    argv += [argument for path in config_files for argument in ("--config", path)]
+    # Its own name for the ImageBackup records: it copies beside this process, not as it.
+    env = {**os.environ, "POD_NAME": f"{cluster.backfill_lease.holder}-backfill"}
+    run_pass = functools.partial(pass_in_a_process, argv, env)
     passes = asyncio.create_task(
-        cluster.backfill_lease.run(lambda: keep_backfilling(backfill, metrics, interval=interval)),
+        cluster.backfill_lease.run(lambda: keep_backfilling(run_pass, metrics, interval=interval)),
         name="backfill",
     )
     try:
@@ -305,7 +305,10 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
                 rewrite=True if args.rewrite else None,
                 done=done,
             )
-    print("\n".join(summary.lines()))
+    if args.output == "json":
+        sys.stdout.buffer.write(summary.to_json() + b"\n")
+    else:
+        print("\n".join(summary.lines()))
     return EXIT_FAILED if summary.failures else 0
 
 
@@ -544,6 +547,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument(
         "--dry-run", action="store_true", help="copy nothing: say what would be backed up"
+    )
+    backfill.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="the summary's form"
     )
     backfill.add_argument(
         "--rewrite",

@@ -143,7 +143,7 @@ class Metrics:
         )
 
     def copied(self, seconds: float, *, already_present: bool, uploaded: int) -> None:
-        """One copy that succeeded, made for an admission or a backfill pass."""
+        """One copy an admission made."""
         self.copy_seconds.observe(seconds)
         if already_present:
             self.copies.labels("already_present").inc()
