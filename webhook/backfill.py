@@ -19,9 +19,10 @@ nobody backed up. A pass walks every workload of every namespace labelled
 What a pass guarantees: every image of every workload it lists is decided once; a copy that
 fails is reported (an ``ImageBackupFailed`` Event on the workload, with the words a denial
 uses, and the summary) and never stops the pass, and the next pass tries it again. Copies
-run concurrently across images, within the copy engine's global ``copy.concurrency``,
-which admissions share: a pass never holds more than that many transfers. What it does not
-guarantee: a workload created while it runs may or may not be listed (admission covers it).
+run concurrently across images, half of ``copy.concurrency`` at most. In ``serve`` each pass
+is a process of its own (``pass_in_a_process``), so it never holds up the event loop that
+answers admissions. What it does not guarantee: a workload created while it runs may or may
+not be listed (admission covers it).
 """
 
 from __future__ import annotations
@@ -168,8 +169,8 @@ class Backfill:
         # Workloads decided at once: enough to keep the pass's copies busy, few enough that
         # a namespace of thousands is never all in memory.
         self._in_flight = 2 * concurrency
-        # Copies the pass makes at once: half the engine's transfer slots at most, so an
-        # admission that must copy never waits behind a pass.
+        # Images the pass copies at once: half of copy.concurrency. A pass is background
+        # work; the registries it shares with admissions keep room for theirs.
         self._copies = asyncio.Semaphore(max(1, concurrency // 2))
         settings = config.backfill
         self._rewrite = settings.rewrite
