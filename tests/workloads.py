@@ -11,39 +11,11 @@ import copy
 from typing import Any
 
 from tests.admission_helpers import sample
-from tests.support.fakekube import (
-    CRON_JOBS,
-    DAEMON_SETS,
-    DEPLOYMENT_CONFIGS,
-    DEPLOYMENTS,
-    JOBS,
-    NAMESPACES,
-    POD_TEMPLATES,
-    PODS,
-    REPLICA_SETS,
-    REPLICATION_CONTROLLERS,
-    STATEFUL_SETS,
-    FakeKube,
-    Resource,
-)
+from tests.support.fakekube import NAMESPACES, WORKLOADS, FakeKube, Resource
 
 Object = dict[str, Any]
 
-RESOURCES = {
-    r.kind: r
-    for r in (
-        PODS,
-        POD_TEMPLATES,
-        REPLICATION_CONTROLLERS,
-        REPLICA_SETS,
-        DEPLOYMENTS,
-        STATEFUL_SETS,
-        DAEMON_SETS,
-        JOBS,
-        CRON_JOBS,
-        DEPLOYMENT_CONFIGS,
-    )
-}
+RESOURCES = {r.kind: r for r in WORKLOADS}
 KUBERNETES_KINDS = [kind for kind in RESOURCES if kind != "DeploymentConfig"]
 
 

@@ -538,13 +538,7 @@ def _parser() -> argparse.ArgumentParser:
         "backfill",
         help="back up the images of the workloads already running in opted-in namespaces",
     )
-    backfill.add_argument(
-        "--namespace",
-        action="append",
-        dest="namespaces",
-        metavar="NS",
-        help="only this opted-in namespace; repeatable (default: all of them)",
-    )
+    _add_namespaces(backfill)
     backfill.add_argument(
         "--dry-run", action="store_true", help="copy nothing: say what would be backed up"
     )
@@ -563,17 +557,21 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="which running images are protected by a backup, and which are not"
     )
-    status.add_argument(
+    _add_namespaces(status)
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
+    status.set_defaults(command=_status)
+    return parser
+
+
+def _add_namespaces(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--namespace",
         action="append",
         dest="namespaces",
         metavar="NS",
         help="only this opted-in namespace; repeatable (default: all of them)",
     )
-    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    status.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
-    status.set_defaults(command=_status)
-    return parser
 
 
 def _add_certificate_options(parser: argparse.ArgumentParser, *, required: bool) -> None:

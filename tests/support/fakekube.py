@@ -74,6 +74,7 @@ __all__ = [
     "SERVICE_ACCOUNTS",
     "STATEFUL_SETS",
     "USER_INFO",
+    "WORKLOADS",
     "AdmissionCall",
     "Call",
     "Change",
@@ -134,6 +135,19 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 CRON_JOBS = Resource("batch", "v1", "cronjobs", "CronJob")
 IMAGE_BACKUPS = Resource("image-backup.io", "v1alpha1", "imagebackups", "ImageBackup", custom=True)
 DEPLOYMENT_CONFIGS = Resource("apps.openshift.io", "v1", "deploymentconfigs", "DeploymentConfig")
+# The kinds whose pod templates the webhook reviews.
+WORKLOADS = (
+    PODS,
+    POD_TEMPLATES,
+    REPLICATION_CONTROLLERS,
+    REPLICA_SETS,
+    DEPLOYMENTS,
+    STATEFUL_SETS,
+    DAEMON_SETS,
+    JOBS,
+    CRON_JOBS,
+    DEPLOYMENT_CONFIGS,
+)
 
 _RESOURCES = {
     (r.group, r.version, r.plural): r
@@ -142,20 +156,11 @@ _RESOURCES = {
         SERVICE_ACCOUNTS,
         EVENTS,
         NAMESPACES,
-        PODS,
-        POD_TEMPLATES,
-        REPLICATION_CONTROLLERS,
         EVENTS_V1,
         MUTATING_WEBHOOK_CONFIGURATIONS,
         LEASES,
-        REPLICA_SETS,
-        DEPLOYMENTS,
-        STATEFUL_SETS,
-        DAEMON_SETS,
-        JOBS,
-        CRON_JOBS,
         IMAGE_BACKUPS,
-        DEPLOYMENT_CONFIGS,
+        *WORKLOADS,
     )
 }
 # Served only by an OpenShift cluster; a plain one answers 404 for every path under them.
