@@ -62,6 +62,7 @@ __all__ = [
     "EVENTS",
     "EVENTS_V1",
     "IMAGE_BACKUPS",
+    "IMAGE_STREAMS",
     "JOBS",
     "LEASES",
     "MUTATING_WEBHOOK_CONFIGURATIONS",
@@ -135,6 +136,7 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 CRON_JOBS = Resource("batch", "v1", "cronjobs", "CronJob")
 IMAGE_BACKUPS = Resource("image-backup.io", "v1alpha1", "imagebackups", "ImageBackup", custom=True)
 DEPLOYMENT_CONFIGS = Resource("apps.openshift.io", "v1", "deploymentconfigs", "DeploymentConfig")
+IMAGE_STREAMS = Resource("image.openshift.io", "v1", "imagestreams", "ImageStream")
 # The kinds whose pod templates the webhook reviews.
 WORKLOADS = (
     PODS,
@@ -160,11 +162,12 @@ _RESOURCES = {
         MUTATING_WEBHOOK_CONFIGURATIONS,
         LEASES,
         IMAGE_BACKUPS,
+        IMAGE_STREAMS,
         *WORKLOADS,
     )
 }
 # Served only by an OpenShift cluster; a plain one answers 404 for every path under them.
-_OPENSHIFT_GROUPS = frozenset({"apps.openshift.io"})
+_OPENSHIFT_GROUPS = frozenset({"apps.openshift.io", "image.openshift.io"})
 
 # The label the API server puts on every Namespace (KEP 2161: namespaceSelectors can name one).
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"

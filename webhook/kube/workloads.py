@@ -23,11 +23,10 @@ import msgspec
 from kubernetes import client
 
 from ..admission.objects import KubeObject
-from .client import PAGE_SIZE, TIMEOUT_SECONDS, KubeError, pages, translated
+from .client import PAGE_SIZE, KubeError, pages, raw_request
 
 MODE_LABEL = "image-backup.io/mode"
 MODES = ("enforce", "audit")
-MERGE_PATCH = "application/merge-patch+json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +142,9 @@ class Workloads:
         if self._kinds is None:
             path = DEPLOYMENT_CONFIGS.prefix
             try:
-                await asyncio.to_thread(self._request, "GET", path, [], f"discovering {path}")
+                await asyncio.to_thread(
+                    raw_request, self._api, "GET", path, [], f"discovering {path}"
+                )
             except KubeError as exc:
                 if exc.status != 404:
                     raise
@@ -166,7 +167,7 @@ class Workloads:
         body = {"metadata": {"annotations": {key: value}}}
         doing = f"updating {workload.kind.kind} {workload.namespace}/{workload.name}"
         raw = await asyncio.to_thread(
-            self._request, "PATCH", f"{path}/{workload.name}", [], doing, body
+            raw_request, self._api, "PATCH", f"{path}/{workload.name}", [], doing, body
         )
         try:
             return msgspec.json.decode(raw, type=KubeObject)
@@ -178,7 +179,9 @@ class Workloads:
             query: list[tuple[str, Any]] = [("limit", self._page_size)]
             if token:
                 query.append(("continue", token))
-            raw = await asyncio.to_thread(self._request, "GET", path, query, f"listing {what}")
+            raw = await asyncio.to_thread(
+                raw_request, self._api, "GET", path, query, f"listing {what}"
+            )
             try:
                 page = decoder.decode(raw)
             except msgspec.ValidationError as exc:
@@ -186,32 +189,3 @@ class Workloads:
             return page, (page.metadata.continue_ if page.metadata else None) or ""
 
         return pages(fetch)
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        query: list[tuple[str, Any]],
-        doing: str,
-        body: object = None,
-    ) -> bytes:
-        """The raw answer: the client's models would build every field of every object."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = MERGE_PATCH
-        with translated(self._api, doing):
-            method, url, headers, body, post = self._api.param_serialize(
-                method,
-                path,
-                query_params=query,
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-            )
-            response = self._api.call_api(
-                method, url, headers, body, post, _request_timeout=TIMEOUT_SECONDS
-            )
-            data: bytes = response.response.data
-            if not 200 <= response.status <= 299:
-                raise client.ApiException(http_resp=response)
-        return data
