@@ -163,7 +163,8 @@ class ImageStreams:
             if exc.status == 404:
                 return None
             raise
-        return self._decoded(raw, self._streams, doing)
+        stream: ImageStream = self._decoded(raw, self._streams, doing)
+        return stream
 
     async def in_namespace(self, namespace: str) -> AsyncIterator[ImageStream]:
         """Every ImageStream of the namespace, a page at a time."""
