@@ -42,8 +42,11 @@ import msgspec
 
 from .admission.exclusion import Exclusions
 from .admission.notices import Notices
+from .admission.objects import KubeObject
 from .admission.plan import Action, ImagePlan, Planner, not_backed_up, reason
-from .admission.pods import pull_identity, stored_images
+from .admission.pods import ImageField, pull_identity, stored_images
+from .admission.streams import StreamReader, resolve, resolves_all_names
+from .admission.triggers import triggered
 from .config import Config
 from .events import event_message
 from .kube.client import KubeError
@@ -139,10 +142,12 @@ class Backfill:
         *,
         pull: PullCredentials | None = None,
         notices: Notices | None = None,
+        streams: StreamReader | None = None,
     ) -> None:
         """`pull` None: every workload gets the configured credentials; `notices` None:
-        no Kubernetes Events."""
+        no Kubernetes Events; `streams` None: no ImageStreams (not OpenShift)."""
         self._engine = engine
+        self._streams = streams
         self._workloads = workloads
         self._pull = pull
         self._notices = notices
@@ -211,8 +216,8 @@ class Backfill:
         _, fields = stored_images(workload.kind.group, workload.kind.kind, stored)
         left = [
             plan.field.image
-            for plan in self._planner.plan(fields, refresh=False)
-            if plan.action not in (Action.ALREADY_BACKED_UP, Action.EXCLUDED)
+            for plan in await self._plans(workload, stored, fields, None)
+            if plan.action not in (Action.ALREADY_BACKED_UP, Action.EXCLUDED, Action.WAITING)
         ]
         if left:
             summary.failures.append(
@@ -237,7 +242,7 @@ class Backfill:
         if self._pull is not None:
             keyring, _ = await self._pull.keyring(workload.namespace, *pull_identity(spec))
         copy = workload.mode == "enforce" and not dry_run
-        plans = self._planner.plan(fields, keyring, refresh=False)
+        plans = await self._plans(workload, workload.obj, fields, keyring)
         outcomes = await asyncio.gather(*(self._image(plan, copy, keyring) for plan in plans))
         copied, failed = [], []
         for plan, (outcome, detail) in zip(plans, outcomes, strict=True):
@@ -265,11 +270,31 @@ class Backfill:
             and any(outcome in (COPIED, BACKED_UP) for outcome, _ in outcomes)
         )
 
+    async def _plans(
+        self,
+        workload: Workload,
+        obj: KubeObject,
+        fields: list[ImageField],
+        keyring: DockerConfig | None,
+    ) -> list[ImagePlan]:
+        """What admission would plan for the object's images, ImageStreams included."""
+        streams = None
+        if self._streams is not None:
+            group, kind = workload.kind.group, workload.kind.kind
+            streams = await resolve(
+                self._streams,
+                namespace=workload.namespace,
+                fields=fields,
+                triggered=triggered(group, kind, obj, fields, workload.namespace),
+                resolve_all=resolves_all_names(group, kind, obj),
+            )
+        return self._planner.plan(fields, keyring, refresh=False, streams=streams)
+
     async def _image(
         self, plan: ImagePlan, copy: bool, keyring: DockerConfig | None
     ) -> tuple[str, str]:
         """(outcome, the backup or why it failed) of one image."""
-        if plan.action is Action.EXCLUDED:
+        if plan.action in (Action.EXCLUDED, Action.WAITING):
             return EXCLUDED, ""
         if plan.action is Action.ALREADY_BACKED_UP:
             return PROTECTED, ""

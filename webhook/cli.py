@@ -196,6 +196,7 @@ async def _serve_with(
                 pull=cluster.pull if cluster is not None else None,
                 notices=cluster.events if cluster is not None else None,
                 uses=cluster.records if cluster is not None else None,
+                streams=cluster.stream_names if cluster is not None else None,
             )
             try:
                 async with _backfilling(config, config_files, cluster, metrics):
@@ -296,7 +297,12 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
         open_engine(config, coordinator=cluster.coordinator) as engine,
     ):
         backfill = Backfill(
-            engine, cluster.workloads, config, pull=cluster.pull, notices=cluster.events
+            engine,
+            cluster.workloads,
+            config,
+            pull=cluster.pull,
+            notices=cluster.events,
+            streams=cluster.stream_names,
         )
         with _counter("workloads") as done:
             summary = await backfill.run(

@@ -22,6 +22,7 @@ from .engine import configured_credentials
 from .events import Throttle, event_message
 from .kube.client import KubeError, api_client, available
 from .kube.events import KubeEvents
+from .kube.imagestreams import ImageStreams, StreamLookup
 from .kube.lease import LeaderLease
 from .kube.pullsecrets import PullCredentials
 from .kube.records import BackupRecords
@@ -33,6 +34,8 @@ from .registry.copy import CopyEngine, Stored
 log = logging.getLogger("image_backup.cluster")
 
 BACKFILL_LEASE = "image-backup-backfill"
+# How long admissions trust an ImageStream read: a tag moved since is seen this much later.
+STREAM_TTL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class Cluster:
     coordinator: Coordination
     workloads: Workloads
     backfill_lease: LeaderLease  # held by the one replica that makes backfill passes
+    image_streams: ImageStreams
+    stream_names: StreamLookup | None  # None where the API serves no ImageStreams
 
 
 class Coordination:
@@ -131,13 +136,27 @@ async def connect(config: Config, metrics: Metrics) -> AsyncIterator[Cluster | N
         try:
             coordination = Coordination(records, metrics)
             lease = LeaderLease(api, namespace=namespace, name=BACKFILL_LEASE, holder=holder)
-            yield Cluster(pull, events, records, coordination, Workloads(api), lease)
+            streams = ImageStreams(api)
+            names = StreamLookup(streams, ttl=STREAM_TTL) if await _serves(streams) else None
+            yield Cluster(
+                pull, events, records, coordination, Workloads(api), lease, streams, names
+            )
         finally:
             touching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await touching
             await records.close()
             await asyncio.to_thread(events.close)
+
+
+async def _serves(streams: ImageStreams) -> bool:
+    """Whether to read ImageStreams: where discovery cannot tell, they are read anyway (a
+    cluster without them answers 404, which means no ImageStream names the image)."""
+    try:
+        return await streams.available()
+    except KubeError as exc:
+        log.warning(event_message("imagestreams_discovery_failed", error=str(exc)))
+        return True
 
 
 async def warm(cluster: Cluster, engine: CopyEngine) -> None:

@@ -32,6 +32,8 @@ from .pods import (
     pull_identity,
 )
 from .review import OPERATIONS_WITH_OBJECT, AdmissionRequest, AdmissionResponse, parse_review
+from .streams import StreamReader, resolve, resolves_all_names
+from .triggers import StreamTagName, triggered
 
 # Whose pull credentials a pod gets: namespace, ServiceAccount, imagePullSecrets.
 Identity = tuple[str, str, tuple[str, ...]]
@@ -67,11 +69,14 @@ class Admission:
         pull: PullKeyrings | None = None,
         notices: Notices | None = None,
         uses: BackupUses | None = None,
+        streams: StreamReader | None = None,
     ) -> None:
         """Without a cluster: `pull` None uses only the configured credentials, `notices`
-        None sends no Kubernetes Events, `uses` None records no use of backups."""
+        None sends no Kubernetes Events, `uses` None records no use of backups; `streams`
+        None: no ImageStreams (not OpenShift), so no name is resolved through one."""
         self._engine = engine
         self._pull = pull
+        self._streams = streams
         self._notices = notices
         self._metrics = metrics
         self._budget = config.admission_budget_seconds
@@ -119,6 +124,15 @@ class Admission:
             return self._answered(request, mode, AdmissionResponse(), outcome, started)
         recorded = annotations.get(ORIGINAL_IMAGES) if annotations is not None else None
         account, pull_secrets = pull_identity(spec)
+        # On OpenShift, triggers and the resolve-names annotation change what images mean.
+        openshift = (
+            (
+                triggered(request.group, request.kind, obj, fields, request.namespace),
+                resolves_all_names(request.group, request.kind, obj),
+            )
+            if self._streams is not None
+            else None
+        )
         # Everything an answer made from memory depends on, the uid aside; the shape of
         # the metadata decides how the patch adds the annotation. The operation does not
         # change the answer, but the log line and the metrics name it.
@@ -136,13 +150,20 @@ class Admission:
             account,
             pull_secrets,
             tuple(fields),
+            None if openshift is None else (tuple(openshift[0].items()), openshift[1]),
         )
         known = self._decisions.get(key)
         if known is not None:
             return self._reply(known[0], request, started)
         outcome = Outcome()
         answer = await self._answer(
-            request, mode, metadata, (request.namespace, account, pull_secrets), fields, outcome
+            request,
+            mode,
+            metadata,
+            (request.namespace, account, pull_secrets),
+            fields,
+            outcome,
+            openshift,
         )
         decision = Decision.of(request, mode, answer, outcome)
         if self._notices is not None and mode == "enforce" and not request.dry_run:
@@ -187,15 +208,27 @@ class Admission:
         identity: Identity,
         fields: list[ImageField],
         outcome: Outcome,
+        openshift: tuple[dict[str, StreamTagName], bool] | None,
     ) -> AdmissionResponse:
         deadline = time.monotonic() + self._budget
         keyring = None
         if self._pull is not None:
             keyring, fresh_until = await self._pull.keyring(*identity)
             outcome.trust_until(fresh_until)
+        streams = None
+        if self._streams is not None and openshift is not None:
+            streams = await resolve(
+                self._streams,
+                namespace=request.namespace,
+                fields=fields,
+                triggered=openshift[0],
+                resolve_all=openshift[1],
+            )
+            outcome.trust_until(streams.valid_until)
+            outcome.from_memory = outcome.from_memory and not streams.uncertain
         # Only an admission that may copy may start a re-check, which may copy a moved tag.
         refresh = mode == "enforce" and not request.dry_run
-        plans = self._planner.plan(fields, keyring, refresh=refresh)
+        plans = self._planner.plan(fields, keyring, refresh=refresh, streams=streams)
         if mode == "audit":
             return self._audit(request, plans, outcome)
         results = {}
@@ -283,6 +316,10 @@ class Admission:
         if plan.action in (Action.EXCLUDED, Action.ALREADY_BACKED_UP):
             outcome.count(plan.action.value)
             return
+        if plan.action is Action.WAITING:
+            outcome.warnings.append(_waiting(plan))
+            outcome.count(plan.action.value)
+            return
         if plan.action is Action.REWRITE:
             assert plan.backup is not None
             outcome.cache_hits += 1
@@ -296,7 +333,9 @@ class Admission:
             if plan.action is Action.BACK_UP and not dry_run:
                 outcome.backed_up.append(f"{image} as {backup}")
             outcome.rewrites[plan.field.pointer] = (container, image, backup)
-            outcome.warnings.append(_warning(f"container {container!r}: {image} is now {backup}"))
+            outcome.warnings.append(
+                _warning(f"container {container!r}: {image}{_through(plan)} is now {backup}")
+            )
             outcome.count("rewritten")
         elif dry_run and result is None:
             outcome.warnings.append(
@@ -342,7 +381,9 @@ class Admission:
                 )
                 outcome.would_back_up.append(plan.field.image)
                 outcome.warnings.append(
-                    _warning(f"would back up {quoted(plan.field.image)} as {target}")
+                    _warning(
+                        f"would back up {quoted(plan.field.image)}{_through(plan)} as {target}"
+                    )
                 )
                 outcome.count("would_back_up")
             elif plan.action is Action.INVALID:
@@ -350,6 +391,9 @@ class Admission:
                     _warning(f"could not back up {quoted(plan.field.image)}: {plan.problem}")
                 )
                 outcome.count("failed")
+            elif plan.action is Action.WAITING:
+                outcome.warnings.append(_waiting(plan))
+                outcome.count(plan.action.value)
             else:
                 outcome.count(plan.action.value)
         annotations = (
@@ -364,6 +408,19 @@ def _unpinned(target: Repository, source: Reference) -> str:
     if source.digest:
         return f"{target}@{source.digest}"
     return f"{target}:{source.tag}"
+
+
+def _through(plan: ImagePlan) -> str:
+    """How the image was found, when an ImageStream said what it is."""
+    return f" (from {plan.via})" if plan.via else ""
+
+
+def _waiting(plan: ImagePlan) -> str:
+    container = quoted(plan.field.container)
+    return _warning(
+        f"container {container!r}: left for its trigger from {plan.via} to fill;"
+        " the image it writes is backed up then"
+    )
 
 
 def _warning(text: str) -> str:

@@ -12,7 +12,7 @@ lengthen collections, which at 64 reviews in flight cost the hot path a tenth of
 
 from __future__ import annotations
 
-from msgspec import Struct
+from msgspec import Struct, field
 
 
 class Container(Struct, gc=False):
@@ -24,10 +24,28 @@ class LocalObjectReference(Struct, gc=False):
     name: str | None = None
 
 
+class TriggerSource(Struct, gc=False):
+    kind: str | None = None
+    name: str | None = None
+    namespace: str | None = None
+
+
+class ImageChangeParams(Struct, gc=False):
+    containerNames: list[str] | None = None
+    from_: TriggerSource | None = field(default=None, name="from")
+
+
+class Trigger(Struct, gc=False):
+    """A DeploymentConfig's trigger: ImageChange ones name the containers they fill."""
+
+    type: str | None = None
+    imageChangeParams: ImageChangeParams | None = None
+
+
 class Spec(Struct, gc=False):
     """Every spec on the way to a pod spec: a pod spec's container lists and pull
-    credentials, a workload's pod template, a CronJob's job template. Each kind uses its
-    own part of it."""
+    credentials, a workload's pod template, a CronJob's job template, a DeploymentConfig's
+    triggers. Each kind uses its own part of it."""
 
     containers: list[Container] | None = None
     initContainers: list[Container] | None = None
@@ -37,11 +55,14 @@ class Spec(Struct, gc=False):
     serviceAccount: str | None = None  # the deprecated alias, still honoured by the API server
     template: Template | None = None
     jobTemplate: Template | None = None
+    triggers: list[Trigger] | None = None
 
 
 class Template(Struct, gc=False):
-    """A PodTemplateSpec or a JobTemplateSpec: only their spec matters here."""
+    """A PodTemplateSpec or a JobTemplateSpec: its spec, and (of a pod template) the
+    annotations OpenShift's image policy reads."""
 
+    metadata: ObjectMeta | None = None
     spec: Spec | None = None
 
 

@@ -20,6 +20,7 @@ from ..registry.credentials import DockerConfig
 from ..registry.errors import RegistryError
 from ..text import one_line
 from .pods import ImageField
+from .streams import Resolved
 
 
 class Action(enum.Enum):
@@ -28,6 +29,7 @@ class Action(enum.Enum):
     REWRITE = "rewrite"  # the backup is known: rewrite without copying
     BACK_UP = "back_up"  # copy first, then rewrite
     INVALID = "invalid"  # cannot be backed up: the reference or its backup name is invalid
+    WAITING = "awaiting_trigger"  # an image trigger fills it: its update is reviewed
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ class ImagePlan:
     backup: CopyResult | None = None  # for REWRITE
     problem: str | None = None  # for INVALID
     valid_until: float | None = None  # for REWRITE: when the cached backup goes stale
+    via: str | None = None  # the ImageStream tag the image was found through
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,20 +69,32 @@ class Planner:
         keyring: DockerConfig | None = None,
         *,
         refresh: bool = True,
+        streams: Resolved | None = None,
     ) -> list[ImagePlan]:
         """`keyring`: the workload's pull credentials; a backup is only known for those.
-        `refresh`: whether a backup due for a re-check may start one (CopyEngine.cached)."""
+        `refresh`: whether a backup due for a re-check may start one (CopyEngine.cached).
+        `streams`: what ImageStreams made of the images (streams.resolve)."""
         plans = []
         for field in fields:
-            image = field.image
-            reading = (
-                self._read_cached(image)
-                if len(image) <= MAX_REFERENCE_LENGTH
-                else self._read_uncached(image)
-            )
+            image, via = field.image, None
+            if streams is not None and field.pointer in streams.images:
+                found = streams.images[field.pointer]
+                reading, via = self._read_source(found.reference), found.via
+            elif streams is not None and field.pointer in streams.waiting:
+                trigger = f"ImageStreamTag {streams.waiting[field.pointer]}"
+                plans.append(ImagePlan(field, Action.WAITING, via=trigger))
+                continue
+            elif streams is not None and field.pointer in streams.problems:
+                problem = streams.problems[field.pointer]
+                plans.append(ImagePlan(field, Action.INVALID, problem=problem))
+                continue
+            elif len(image) <= MAX_REFERENCE_LENGTH:
+                reading = self._read_cached(image)
+            else:
+                reading = self._read_uncached(image)
             if reading.action is not None:
                 plans.append(
-                    ImagePlan(field, reading.action, reading.source, None, reading.problem)
+                    ImagePlan(field, reading.action, reading.source, None, reading.problem, via=via)
                 )
                 continue
             assert reading.source is not None
@@ -87,10 +102,10 @@ class Planner:
             if cached is not None:
                 result, valid_until = cached
                 plans.append(
-                    ImagePlan(field, Action.REWRITE, reading.source, result, None, valid_until)
+                    ImagePlan(field, Action.REWRITE, reading.source, result, None, valid_until, via)
                 )
             else:
-                plans.append(ImagePlan(field, Action.BACK_UP, reading.source))
+                plans.append(ImagePlan(field, Action.BACK_UP, reading.source, via=via))
         return plans
 
     def _read_uncached(self, image: str) -> _Reading:
@@ -98,6 +113,9 @@ class Planner:
             source = parse(image)
         except InvalidReference as exc:  # the image is named by whoever reports the problem
             return _Reading(None, Action.INVALID, f"invalid image reference: {exc.problem}")
+        return self._read_source(source)
+
+    def _read_source(self, source: Reference) -> _Reading:
         if any(fnmatch.fnmatchcase(str(source), pattern) for pattern in self._excluded_images):
             return _Reading(source, Action.EXCLUDED)
         if self._scheme.is_backup(source):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from .objects import KubeObject, Spec
+from .objects import KubeObject, Spec, Template
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 # An update of this Pod subresource keeps spec.ephemeralContainers and drops every other
@@ -54,6 +54,20 @@ def pod_spec(group: str, kind: str, obj: KubeObject) -> Spec | None:
             return None
     assert isinstance(spec, Spec)
     return spec
+
+
+def template_annotations(group: str, kind: str, obj: KubeObject) -> dict[str, str] | None:
+    """The annotations of the object's pod template (a Pod has none: it is no template)."""
+    path = POD_SPEC_PATHS.get((group, kind))
+    if path is None or len(path) < 2:
+        return None
+    template: Any = obj
+    for name in path[:-1]:
+        template = getattr(template, name)
+        if template is None:
+            return None
+    assert isinstance(template, Template)
+    return template.metadata.annotations if template.metadata is not None else None
 
 
 def pull_identity(spec: Spec) -> tuple[str, tuple[str, ...]]:

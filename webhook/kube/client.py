@@ -125,6 +125,8 @@ def raw_request(
     query: list[tuple[str, Any]],
     doing: str,
     body: object = None,
+    *,
+    timeout: float = TIMEOUT_SECONDS,
 ) -> bytes:
     """The raw answer to one request (a body is sent as a merge patch), for callers that
     decode it with msgspec: the client's models would build every field of every object.
@@ -141,7 +143,7 @@ def raw_request(
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = api.call_api(method, url, headers, body, post, _request_timeout=TIMEOUT_SECONDS)
+        response = api.call_api(method, url, headers, body, post, _request_timeout=timeout)
         data: bytes = response.response.data
         if not 200 <= response.status <= 299:
             raise client.ApiException(http_resp=response)

@@ -11,16 +11,25 @@ the later items its history), each item a digest reference to the image's actual
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 from kubernetes import client
 
+from ..registry.cache import ExpiringCache
+from ..registry.flight import SingleFlight
 from .client import PAGE_SIZE, KubeError, pages, raw_request
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 PREFIX = f"/apis/{GROUP}/{VERSION}"
+# An admission waits for a read the first time a stream is named: a slow API server must
+# not use up its budget.
+READ_TIMEOUT_SECONDS = 5.0
+FORBIDDEN_PAUSE = 600.0  # after a 403, the same answer for this long without asking
+MAX_STREAMS = 4096
+STREAM_CACHE_BYTES = 16 << 20
 
 
 class ObjectReference(msgspec.Struct, gc=False, frozen=True):
@@ -155,16 +164,23 @@ class ImageStreams:
 
     async def get(self, namespace: str, name: str) -> ImageStream | None:
         """The ImageStream, or None if there is none of that name."""
+        stream, _ = await self._get(namespace, name)
+        return stream
+
+    async def _get(self, namespace: str, name: str) -> tuple[ImageStream | None, int]:
+        """The ImageStream (None: none of that name) and the bytes it was read from."""
         path = f"{PREFIX}/namespaces/{namespace}/{PLURAL}/{name}"
         doing = f"reading ImageStream {namespace}/{name}"
         try:
-            raw = await asyncio.to_thread(raw_request, self._api, "GET", path, [], doing)
+            raw = await asyncio.to_thread(
+                raw_request, self._api, "GET", path, [], doing, timeout=READ_TIMEOUT_SECONDS
+            )
         except KubeError as exc:
             if exc.status == 404:
-                return None
+                return None, 0
             raise
         stream: ImageStream = self._decoded(raw, self._streams, doing)
-        return stream
+        return stream, len(raw)
 
     async def in_namespace(self, namespace: str) -> AsyncIterator[ImageStream]:
         """Every ImageStream of the namespace, a page at a time."""
@@ -189,3 +205,51 @@ class ImageStreams:
             return decoder.decode(raw)
         except msgspec.ValidationError as exc:
             raise KubeError(f"{doing}: unexpected answer: {exc}") from None
+
+
+class StreamLookup:
+    """ImageStreams as admissions read them: remembered for `ttl` seconds and, once stale,
+    read again in the background while the stale one still answers, as pull credentials
+    are. Admissions wait on the API server only for a stream not seen recently."""
+
+    def __init__(
+        self, streams: ImageStreams, *, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._streams = streams
+        self._ttl = ttl
+        self._clock = clock
+        # (stream or None, read at, bytes read); kept ten lifetimes, then a request waits.
+        self._known: ExpiringCache[tuple[str, str], tuple[ImageStream | None, float, int]] = (
+            ExpiringCache(
+                MAX_STREAMS, clock, max_bytes=STREAM_CACHE_BYTES, weigh=lambda _, v: v[2] + 256
+            )
+        )
+        self._reads: SingleFlight[tuple[str, str], ImageStream | None] = SingleFlight()
+        self._forbidden: tuple[float, KubeError] | None = None
+
+    async def stream(self, namespace: str, name: str) -> tuple[ImageStream | None, float]:
+        """The ImageStream (None: there is none) and until when (time.monotonic()) that is
+        fresh. Raises KubeError when it cannot be read and was not read before."""
+        key = (namespace, name)
+        now = self._clock()
+        known = self._known.get(key)
+        if known is not None:
+            stream, read_at, _ = known[0]
+            if now - read_at < self._ttl:
+                return stream, read_at + self._ttl
+            self._reads.start(key, lambda: self._read(key))  # a failure keeps the stale one
+            return stream, now
+        return await self._reads.run(key, lambda: self._read(key)), now + self._ttl
+
+    async def _read(self, key: tuple[str, str]) -> ImageStream | None:
+        if self._forbidden is not None and self._clock() < self._forbidden[0]:
+            raise self._forbidden[1]
+        read_at = self._clock()
+        try:
+            stream, size = await self._streams._get(*key)
+        except KubeError as exc:
+            if exc.status == 403:
+                self._forbidden = (self._clock() + FORBIDDEN_PAUSE, exc)
+            raise
+        self._known.put(key, (stream, read_at, size), self._ttl * 10)
+        return stream
