@@ -465,8 +465,10 @@ def test_config_is_accepted_by_the_webhook(variant: str, tmp_path: Path) -> None
             }
         ]
         assert [registry.host for registry in config.registries] == [OPENSHIFT_REGISTRY]
-        # The overlay's file adds the registry and nothing else.
-        assert [yaml.safe_load(text) for text in others] == [{"registries": registries}]
+        # The overlay's file adds the registry and the release payload's exclusion.
+        (added,) = [yaml.safe_load(text) for text in others]
+        assert added == {"registries": registries, "exclude": document["exclude"]}
+        assert config.exclude.images == document["exclude"]["images"]
     else:
         assert registries == []
         assert others == []
