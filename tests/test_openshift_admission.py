@@ -8,14 +8,17 @@ from the fake API server over HTTP, as in a cluster.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import secrets
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import msgspec
 import pytest
 import yaml
@@ -23,8 +26,11 @@ import yaml
 from tests.admission_helpers import SAMPLES, body, patched, response_of, sample, with_object
 from tests.helpers import make_config
 from tests.support import images, skopeo
-from tests.support.fakekube import IMAGE_STREAMS, FakeKube
+from tests.support.fakekube import IMAGE_STREAMS, MUTATING_WEBHOOK_CONFIGURATIONS, FakeKube
 from tests.support.registries import Registry
+from tests.support.tls import TLSFiles
+from tests.support.webhooks import running_webhook
+from tests.workloads import opt_in
 from webhook.admission.handler import Admission
 from webhook.admission.pods import image_fields, pod_spec
 from webhook.admission.review import parse_review
@@ -37,9 +43,8 @@ from webhook.kube.imagestreams import ImageStreams, StreamLookup
 from webhook.metrics import Metrics
 
 OPENSHIFT_OBJECTS = Path(__file__).resolve().parent / "data" / "openshift"
-OVERLAY_CONFIG = (
-    Path(__file__).resolve().parent.parent / "manifests/overlays/openshift/openshift.yaml"
-)
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+OVERLAY_CONFIG = MANIFESTS / "overlays/openshift/openshift.yaml"
 CAPTURED_REGISTRY = "127.0.0.1:25000"
 # The captured digests, and the images of ours that stand for them.
 NEWEST_V1 = "sha256:da31fa05ba8a7eb1e3bff34bc4b6072b503cee1fdac1132f286b0dec74c837b2"
@@ -416,3 +421,68 @@ def test_only_bare_names_may_name_an_imagestream() -> None:
     assert bare_name("app:v1") == ("app", "v1")
     for image in ("library/app:v1", "quay.io/app:v1", "app@sha256:" + "a" * 64, " ", "App:v1"):
         assert bare_name(image) is None, image
+
+
+def api_write(kube: FakeKube, method: str, path: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """A write through the fake API server, and so through its mutating webhooks."""
+    request = urllib.request.Request(
+        kube.url + path,
+        data=json.dumps(obj).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {kube.token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        written: dict[str, Any] = json.loads(answer.read())
+    return written
+
+
+def test_the_captured_openshift_workflow_through_serve(
+    stand: Stand, openshift: FakeKube, basic_registry: Registry, tmp_path: Path, tls_ca: TLSFiles
+) -> None:
+    """`serve` registered as the openshift overlay registers it: a triggered
+    DeploymentConfig is created, filled by its trigger, updated again by the controller
+    (no write), and a Pod naming the ImageStream is stored pinned to its backup."""
+    config = config_for(stand, basic_registry)
+    opt_in(openshift, NAMESPACE, "enforce")
+    openshift.store.create(IMAGE_STREAMS, NAMESPACE, stream_object(stand))
+    document = msgspec.to_builtins(config)
+    document["backfill"] = {"intervalSeconds": 0}  # admission alone
+    with running_webhook(tmp_path, document, tls_ca, env={"POD_NAMESPACE": "image-backup"}) as hook:
+        hooks = yaml.safe_load((MANIFESTS / "base/mutatingwebhookconfiguration.yaml").read_text())
+        overlay = yaml.safe_load(
+            (MANIFESTS / "overlays/openshift/mutatingwebhookconfiguration.yaml").read_text()
+        )
+        hooks = jsonpatch.apply_patch(hooks, overlay)
+        ca_bundle = base64.b64encode(Path(tls_ca.ca_file).read_bytes()).decode()
+        for webhook in hooks["webhooks"]:
+            path = webhook["clientConfig"]["service"]["path"]
+            webhook["clientConfig"] = {"url": f"{hook.url}{path}", "caBundle": ca_bundle}
+        openshift.store.create(MUTATING_WEBHOOK_CONFIGURATIONS, "", hooks)
+
+        dcs = f"/apis/apps.openshift.io/v1/namespaces/{NAMESPACE}/deploymentconfigs"
+        created_dc = openshift_sample("deploymentconfig-create-imagechange-trigger", stand)
+        dc = created_dc["request"]["object"]
+        for field in ("uid", "resourceVersion", "creationTimestamp", "generation"):
+            dc["metadata"].pop(field, None)
+        stored = api_write(openshift, "POST", dcs, dc)
+        assert containers(stored)[0]["image"] == " "
+
+        trigger = openshift_sample("deploymentconfig-update-by-image-trigger", stand)
+        filled = copy.deepcopy(stored)
+        filled["spec"] = trigger["request"]["object"]["spec"]
+        rewritten = api_write(openshift, "PUT", f"{dcs}/{dc['metadata']['name']}", filled)
+        image = containers(rewritten)[0]["image"]
+        assert image.startswith(basic_registry.host) and image.endswith(stand.digest(OLDER_V1))
+
+        again = copy.deepcopy(rewritten)
+        again["spec"] = trigger["request"]["object"]["spec"]  # the controller's next UPDATE
+        answered = api_write(openshift, "PUT", f"{dcs}/{dc['metadata']['name']}", again)
+        assert answered["metadata"]["resourceVersion"] == rewritten["metadata"]["resourceVersion"]
+        assert answered == rewritten
+
+        pod = openshift_sample("pod-create-imagestream-name", stand)["request"]["object"]
+        for field in ("uid", "resourceVersion", "creationTimestamp"):
+            pod["metadata"].pop(field, None)
+        stored_pod = api_write(openshift, "POST", f"/api/v1/namespaces/{NAMESPACE}/pods", pod)
+    current = stand.pushed["samples/app:v1"].digest
+    assert containers(stored_pod)[0]["image"].endswith(f"/samples/app:v1@{current}")
