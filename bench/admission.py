@@ -12,7 +12,11 @@ set-up under uvloop that only parses the review and allows it (the ceiling). Bod
 * ``cached``: the sample as it is, answered from the result cache with a JSON patch (a
   controller re-applying a template whose backups exist);
 * ``rewritten``: the sample with the warm-up patch applied, its images pinned backups,
-  answered without a patch (every Pod created from an already rewritten template).
+  answered without a patch (every Pod created from an already rewritten template);
+* ``trigger``: on OpenShift (ours reading the fake API server, with an ImageStream), the
+  image trigger controller's UPDATE of a DeploymentConfig that writes the stream's image
+  over the backup the webhook rewrote it to, as the controller does at every ImageStream
+  event; answered from memory with the patch back to the backup (no write follows).
 
 Load. The ``cached`` body at a constant 1,000 admissions/s for 60 s (``python -m bench.load``,
 a paced client in a process of its own: latency from each request's due time, so a stall
@@ -62,10 +66,11 @@ import orjson
 from bench.copy import scratch_dir, skopeo_copy, stop_on_termination
 from bench.load import Load, Paced, run_paced, run_wrk, write_script
 from tests.admission_helpers import SAMPLES
+from tests.support.fakekube import IMAGE_STREAMS, FakeKube
 from tests.support.images import make_image, push
 from tests.support.registries import Registry, free_port, start_registry
 from tests.support.skopeo import inspect_raw_digest
-from tests.support.tls import generate_tls
+from tests.support.tls import TLSFiles, generate_tls
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = SAMPLES / "deployment-create.json"
@@ -82,6 +87,8 @@ LOAD_RATE, LOAD_SECONDS, LOAD_WARM_SECONDS, LOAD_CONNECTIONS = 1000, 60, 5, 8
 BAR_LOAD_P99_MS, BAR_LOAD_MAX_MS, BAR_LOAD_RSS_MB = 3.0, 20.0, 8.0
 COLD_SLACK_SECONDS = 0.100
 PREFIX = "backup"  # where ours puts backups in the backup registry; skopeo copies elsewhere
+OPENSHIFT_OBJECTS = SAMPLES.parent / "openshift"
+OPENSHIFT_NAMESPACE = "bench"
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,15 @@ class LoadRow:
 class Server:
     """An HTTPS server subprocess on 127.0.0.1:``port``, its output in ``work``."""
 
-    def __init__(self, name: str, argv: list[str], port: int, ca_file: str, work: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        ca_file: str,
+        work: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name, self.port = name, port
         self.url = f"https://127.0.0.1:{port}/mutate"
         self.log_file = os.path.join(work, f"{name}.log")
@@ -159,6 +174,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
+                env={**os.environ, **(env or {})},
                 start_new_session=True,  # Ctrl-C reaches us only; stop() ends it
             )
 
@@ -232,7 +248,15 @@ class Server:
 
 
 def start_ours(
-    work: str, source: Registry, backup: Registry, cert: str, key: str, ca_file: str
+    work: str,
+    source: Registry,
+    backup: Registry,
+    cert: str,
+    key: str,
+    ca_file: str,
+    *,
+    name: str = "ours",
+    env: dict[str, str] | None = None,
 ) -> Server:
     assert backup.ca_file is not None
     port = free_port()
@@ -245,12 +269,74 @@ def start_ours(
         # Short, so every run crosses backups' lifetimes: each is re-checked in the
         # background, and no admission waits for that.
         "copy": {"tagCacheSeconds": TAG_CACHE_SECONDS},
+        "backfill": {"intervalSeconds": 0},  # admissions only
     }
-    path = os.path.join(work, "webhook.yaml")
+    path = os.path.join(work, f"{name}.yaml")
     with open(path, "wb") as f:
         f.write(orjson.dumps(config))  # JSON is YAML
     argv = [sys.executable, "-m", "webhook", "serve", "--config", path]
-    return Server("ours", argv, port, ca_file, work)
+    return Server(name, argv, port, ca_file, work, env)
+
+
+def start_openshift(
+    work: str, stack: contextlib.ExitStack, source: Registry, backup: Registry, tls: TLSFiles
+) -> tuple[Server, bytes]:
+    """Ours in an OpenShift cluster (the fake API server, ImageStream `app` importing
+    nginx:1.25), and the trigger's repeated UPDATE of a DeploymentConfig: the body the image
+    trigger controller sends again at every ImageStream event once the webhook has
+    rewritten the image it wrote (the hot path of a triggered workload)."""
+    kube = FakeKube.start(openshift=True)
+    stack.callback(kube.stop)
+    kubeconfig = kube.write_kubeconfig(os.path.join(work, "kubeconfig"), OPENSHIFT_NAMESPACE)
+    repository, (tag, _) = next(iter(HOT_IMAGES.items()))
+    hub = f"docker.io/{repository}"
+    digest = inspect_raw_digest(source, f"{repository}:{tag}")
+    stream = orjson.loads((OPENSHIFT_OBJECTS / "imagestream-with-history.json").read_bytes())
+    stream["metadata"]["namespace"] = OPENSHIFT_NAMESPACE
+    stream["spec"]["tags"] = [
+        {"name": "v1", "from": {"kind": "DockerImage", "name": f"{hub}:{tag}"}}
+    ]
+    stream["status"]["tags"] = [
+        {"tag": "v1", "items": [{"created": "2026-11-30T17:11:05Z",
+         "dockerImageReference": f"{hub}@{digest}", "image": digest, "generation": 1}]}
+    ]  # fmt: skip
+    kube.store.create(IMAGE_STREAMS, OPENSHIFT_NAMESPACE, stream)
+    env = {"KUBECONFIG": kubeconfig, "POD_NAMESPACE": "image-backup", "POD_NAME": "bench"}
+    ours = start_ours(
+        work, source, backup, tls.cert_file, tls.key_file, tls.ca_file, name="openshift", env=env
+    )
+    stack.callback(ours.stop)
+    ours.wait_ready()
+    review = orjson.loads(
+        (SAMPLES / "openshift/deploymentconfig-update-by-image-trigger.json").read_bytes()
+    )
+    request = review["request"]
+    request["namespace"] = OPENSHIFT_NAMESPACE
+    for obj in (request["object"], request["oldObject"]):
+        obj["metadata"]["namespace"] = OPENSHIFT_NAMESPACE
+        params = obj["spec"]["triggers"][1]["imageChangeParams"]
+        params["from"] = {
+            "kind": "ImageStreamTag",
+            "namespace": OPENSHIFT_NAMESPACE,
+            "name": "app:v1",
+        }
+    written = f"{hub}@{digest}"
+    request["object"]["spec"]["triggers"][1]["imageChangeParams"]["lastTriggeredImage"] = written
+    containers(review)[0]["image"] = written
+    patch = check(ours.post(orjson.dumps(review))[0], request["uid"], patched=True)
+    stored = jsonpatch.apply_patch(request["object"], patch)
+    if not containers({"request": {"object": stored}})[0]["image"].endswith(f":{tag}@{digest}"):
+        raise RuntimeError(f"the trigger's image was not rewritten to its tagged backup: {stored}")
+    request["oldObject"] = stored
+    again = orjson.dumps(review)
+    if (
+        jsonpatch.apply_patch(
+            request["object"], check(ours.post(again)[0], request["uid"], patched=True)
+        )
+        != stored
+    ):
+        raise RuntimeError("the repeated UPDATE was not answered with the stored object")
+    return ours, again
 
 
 def check(answer: dict[str, Any], uid: str, *, patched: bool) -> list[dict[str, Any]]:
@@ -326,8 +412,8 @@ def hot_path(
         Path(body_file).write_bytes(body)
         script = write_script(body_file)
         for concurrency in CONCURRENCIES:
-            loads: dict[str, list[Load]] = {"bare": [], "ours": []}
-            cpu: dict[str, list[float]] = {"bare": [], "ours": []}
+            loads: dict[str, list[Load]] = {server.name: [] for server in servers}
+            cpu: dict[str, list[float]] = {server.name: [] for server in servers}
             for rep in range(reps):
                 for server in servers if runs % 2 == 0 else servers[::-1]:  # alternating order
                     out = None
@@ -352,14 +438,15 @@ def hot_path(
                         file=sys.stderr,
                     )
                 runs += 1
+            bare, ours = (server.name for server in servers)
             rows.append(
                 HotRow(
                     name,
                     concurrency,
-                    Medians.of(loads["bare"]),
-                    Medians.of(loads["ours"]),
-                    statistics.median(cpu["bare"]),
-                    statistics.median(cpu["ours"]),
+                    Medians.of(loads[bare]),
+                    Medians.of(loads[ours]),
+                    statistics.median(cpu[bare]),
+                    statistics.median(cpu[ours]),
                 )
             )
     return rows
@@ -550,6 +637,10 @@ def bench(args: argparse.Namespace, work: str, stack: contextlib.ExitStack) -> b
     reports = []
     if "hot" in parts:
         rows = hot_path((bare, ours), bodies, work, args.seconds, args.hot_reps, args.profile)
+        openshift, trigger = start_openshift(work, stack, source, backup, tls)
+        rows += hot_path(
+            (bare, openshift), {"trigger": trigger}, work, args.seconds, args.hot_reps, args.profile
+        )
         reports.append(functools.partial(report_hot, rows, args.seconds, args.hot_reps))
     if "load" in parts:
         row = load_row((bare, ours), bodies["cached"], work, tls.ca_file)
