@@ -8,6 +8,7 @@ from the fake API server over HTTP, as in a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -26,7 +27,13 @@ import yaml
 from tests.admission_helpers import SAMPLES, body, patched, response_of, sample, with_object
 from tests.helpers import make_config
 from tests.support import images, skopeo
-from tests.support.fakekube import IMAGE_STREAMS, MUTATING_WEBHOOK_CONFIGURATIONS, FakeKube
+from tests.support.fakekube import (
+    IMAGE_STREAMS,
+    MUTATING_WEBHOOK_CONFIGURATIONS,
+    Call,
+    FakeKube,
+    KubeError,
+)
 from tests.support.registries import Registry
 from tests.support.tls import TLSFiles
 from tests.support.webhooks import running_webhook
@@ -38,6 +45,7 @@ from webhook.admission.streams import bare_name
 from webhook.admission.triggers import StreamTagName, triggered
 from webhook.config import Config
 from webhook.engine import open_engine
+from webhook.kube.client import KubeError as WebhookKubeError
 from webhook.kube.client import api_client
 from webhook.kube.imagestreams import ImageStreams, StreamLookup
 from webhook.metrics import Metrics
@@ -486,3 +494,45 @@ def test_the_captured_openshift_workflow_through_serve(
         stored_pod = api_write(openshift, "POST", f"/api/v1/namespaces/{NAMESPACE}/pods", pod)
     current = stand.pushed["samples/app:v1"].digest
     assert containers(stored_pod)[0]["image"].endswith(f"/samples/app:v1@{current}")
+
+
+async def test_streams_are_remembered_and_refreshed_off_the_hot_path(
+    stand: Stand, openshift: FakeKube
+) -> None:
+    now = [0.0]
+    reads = "/apis/image.openshift.io/v1/namespaces/os-samples/imagestreams/app"
+    with api_client() as api:
+        lookup = StreamLookup(ImageStreams(api), ttl=10, clock=lambda: now[0])
+        assert await lookup.stream(NAMESPACE, "app") == (None, 10.0)  # none: remembered too
+        openshift.store.create(IMAGE_STREAMS, NAMESPACE, stream_object(stand))
+        assert (await lookup.stream(NAMESPACE, "app"))[0] is None
+        assert len(openshift.calls_to("GET", reads)) == 1
+        now[0] = 11.0  # stale: answered at once, read again in the background
+        stale, fresh_until = await lookup.stream(NAMESPACE, "app")
+        assert stale is None and fresh_until == 11.0
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            found, _ = await lookup.stream(NAMESPACE, "app")
+            if found is not None:
+                break
+        assert found is not None and found.local_lookup
+        assert len(openshift.calls_to("GET", reads)) == 2
+
+
+FORBIDDEN = r'403 imagestreams\.image\.openshift\.io "app" is forbidden'
+
+
+async def test_a_forbidden_stream_read_is_not_asked_again_for_a_while(openshift: FakeKube) -> None:
+    def forbid(call: Call) -> None:
+        if "/imagestreams/" in call.path:
+            raise KubeError(403, "Forbidden", 'imagestreams.image.openshift.io "app" is forbidden')
+
+    openshift.interceptors.append(forbid)
+    with api_client() as api:
+        lookup = StreamLookup(ImageStreams(api), ttl=10)
+        for name in ("app", "other"):
+            with pytest.raises(
+                WebhookKubeError, match=r'403 imagestreams\.image\.openshift\.io "app"'
+            ):
+                await lookup.stream(NAMESPACE, name)
+    assert len([c for c in openshift.calls if "/imagestreams/" in c.path]) == 1

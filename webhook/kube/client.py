@@ -144,7 +144,8 @@ def raw_request(
             auth_settings=["BearerToken"],
         )
         response = api.call_api(method, url, headers, body, post, _request_timeout=timeout)
-        data: bytes = response.response.data
+        # Read through the response, so the error below keeps the API server's Status message.
+        data: bytes = response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
             raise client.ApiException(http_resp=response)
     return data
