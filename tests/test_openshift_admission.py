@@ -536,3 +536,29 @@ async def test_a_forbidden_stream_read_is_not_asked_again_for_a_while(openshift:
             ):
                 await lookup.stream(NAMESPACE, name)
     assert len([c for c in openshift.calls if "/imagestreams/" in c.path]) == 1
+
+
+async def test_audit_and_dry_run_resolve_names_and_copy_nothing(
+    stand: Stand, openshift: FakeKube, basic_registry: Registry
+) -> None:
+    openshift.store.create(IMAGE_STREAMS, NAMESPACE, stream_object(stand))
+    config = config_for(stand, basic_registry)
+    document = as_kind("Pod", "app:v1")
+    dry_run = copy.deepcopy(document)
+    dry_run["request"]["dryRun"] = True
+    async with reviewer(config) as (webhook, metrics):
+        audit = response_of(await webhook.review(body(document), "audit"), document)
+        dry = await review(webhook, dry_run)
+    current = stand.pushed["samples/app:v1"].digest
+    assert "patch" not in audit
+    assert audit["warnings"] == [
+        f"would back up app:v1 (from ImageStream app:v1) as {basic_registry.host}/"
+        f"{config.backup_registry.prefix}/{stand.registry.host.replace(':', '_')}/samples/app"
+        f"@{current}"
+    ]
+    assert dry["allowed"] is True and "patch" not in dry
+    assert "would be backed up on a real apply" in dry["warnings"][0]
+    assert metrics.copies.labels("copied")._value.get() == 0
+    repo = f"{config.backup_registry.prefix}/{stand.registry.host.replace(':', '_')}/samples/app"
+    with pytest.raises(skopeo.SkopeoError, match="manifest unknown"):
+        skopeo.inspect_raw_digest(basic_registry, f"{repo}@{current}")
