@@ -233,7 +233,19 @@ def unique_repo(request: pytest.FixtureRequest) -> str:
 def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
     """A fake Kubernetes API server, empty; KUBECONFIG points at it for this test and the
     processes it starts."""
-    kube = FakeKube.start()
+    yield from _fake_kube(tmp_path, monkeypatch, openshift=False)
+
+
+@pytest.fixture
+def openshift_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    """The same, serving OpenShift's groups too (DeploymentConfigs, ImageStreams)."""
+    yield from _fake_kube(tmp_path, monkeypatch, openshift=True)
+
+
+def _fake_kube(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, openshift: bool
+) -> Iterator[FakeKube]:
+    kube = FakeKube.start(openshift=openshift)
     try:
         monkeypatch.setenv("KUBECONFIG", kube.write_kubeconfig(tmp_path / "kubeconfig"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

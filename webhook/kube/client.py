@@ -7,6 +7,7 @@ kubectl would. Error messages never carry tokens or headers: only the API server
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,6 +15,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import msgspec
 import urllib3
 from kubernetes import client, config
 
@@ -149,3 +151,51 @@ def raw_request(
         if not 200 <= response.status <= 299:
             raise client.ApiException(http_resp=response)
     return data
+
+
+async def serves(api: client.ApiClient, prefix: str) -> bool:
+    """Whether the API serves a group version (``/apis/GROUP/VERSION``): discovery answers
+    404 for one it does not; any other error is raised."""
+    try:
+        await asyncio.to_thread(raw_request, api, "GET", prefix, [], f"discovering {prefix}")
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+        return False
+    return True
+
+
+class ListMeta(msgspec.Struct, gc=False):
+    """A list's metadata: where the next page starts, and the version the list was read at."""
+
+    continue_: str | None = msgspec.field(default=None, name="continue")
+    resourceVersion: str = ""
+
+
+def decoded(raw: bytes, decoder: msgspec.json.Decoder[Any], doing: str) -> Any:
+    """`raw` decoded, or a KubeError saying the answer was not what the API returns."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise KubeError(f"{doing}: unexpected answer: {exc}") from None
+
+
+def listing(
+    api: client.ApiClient,
+    path: str,
+    doing: str,
+    decoder: msgspec.json.Decoder[Any],
+    *,
+    page_size: int = PAGE_SIZE,
+) -> AsyncIterator[Any]:
+    """Every page of the list at `path`, decoded (each with a `metadata: ListMeta`)."""
+
+    async def fetch(token: str) -> tuple[Any, str]:
+        query: list[tuple[str, Any]] = [("limit", page_size)]
+        if token:
+            query.append(("continue", token))
+        raw = await asyncio.to_thread(raw_request, api, "GET", path, query, doing)
+        page = decoded(raw, decoder, doing)
+        return page, (page.metadata.continue_ if page.metadata else None) or ""
+
+    return pages(fetch)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import msgspec
 from kubernetes import client
 
 from ..registry.cache import ExpiringCache
 from ..registry.flight import SingleFlight
-from .client import PAGE_SIZE, KubeError, pages, raw_request
+from .client import PAGE_SIZE, KubeError, ListMeta, decoded, listing, raw_request, serves
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 PREFIX = f"/apis/{GROUP}/{VERSION}"
@@ -127,13 +126,8 @@ class ImageStream(msgspec.Struct, gc=False, frozen=True):
         return None
 
 
-class _ListMeta(msgspec.Struct, gc=False):
-    continue_: str | None = msgspec.field(default=None, name="continue")
-    resourceVersion: str = ""
-
-
 class _Page(msgspec.Struct, gc=False):
-    metadata: _ListMeta | None = None
+    metadata: ListMeta | None = None
     items: list[ImageStream] = []
 
 
@@ -150,16 +144,7 @@ class ImageStreams:
     async def available(self) -> bool:
         """Whether the API serves ImageStreams (an OpenShift cluster); asked once."""
         if self._available is None:
-            try:
-                await asyncio.to_thread(
-                    raw_request, self._api, "GET", PREFIX, [], f"discovering {PREFIX}"
-                )
-            except KubeError as exc:
-                if exc.status != 404:
-                    raise
-                self._available = False
-            else:
-                self._available = True
+            self._available = await serves(self._api, PREFIX)
         return self._available
 
     async def get(self, namespace: str, name: str) -> ImageStream | None:
@@ -179,7 +164,7 @@ class ImageStreams:
             if exc.status == 404:
                 return None, 0
             raise
-        stream: ImageStream = self._decoded(raw, self._streams, doing)
+        stream: ImageStream = decoded(raw, self._streams, doing)
         return stream, len(raw)
 
     async def in_namespace(self, namespace: str) -> AsyncIterator[ImageStream]:
@@ -187,24 +172,9 @@ class ImageStreams:
         path = f"{PREFIX}/namespaces/{namespace}/{PLURAL}"
         doing = f"listing ImageStreams in {namespace}"
 
-        async def fetch(token: str) -> tuple[_Page, str]:
-            query: list[tuple[str, Any]] = [("limit", self._page_size)]
-            if token:
-                query.append(("continue", token))
-            raw = await asyncio.to_thread(raw_request, self._api, "GET", path, query, doing)
-            page: _Page = self._decoded(raw, self._pages, doing)
-            return page, (page.metadata.continue_ if page.metadata else None) or ""
-
-        async for page in pages(fetch):
+        async for page in listing(self._api, path, doing, self._pages, page_size=self._page_size):
             for stream in page.items:
                 yield stream
-
-    @staticmethod
-    def _decoded(raw: bytes, decoder: msgspec.json.Decoder[Any], doing: str) -> Any:
-        try:
-            return decoder.decode(raw)
-        except msgspec.ValidationError as exc:
-            raise KubeError(f"{doing}: unexpected answer: {exc}") from None
 
 
 class StreamLookup:

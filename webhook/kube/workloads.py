@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 from kubernetes import client
 
 from ..admission.objects import KubeObject
-from .client import PAGE_SIZE, KubeError, pages, raw_request
+from .client import PAGE_SIZE, ListMeta, decoded, listing, raw_request, serves
 
 MODE_LABEL = "image-backup.io/mode"
 MODES = ("enforce", "audit")
@@ -93,12 +92,8 @@ class Workload:
         return any(owner.controller for owner in owners or ())
 
 
-class _ListMeta(msgspec.Struct, gc=False):
-    continue_: str | None = msgspec.field(default=None, name="continue")
-
-
 class _Page(msgspec.Struct, gc=False):
-    metadata: _ListMeta | None = None
+    metadata: ListMeta | None = None
     items: list[KubeObject] = []
 
 
@@ -112,7 +107,7 @@ class _Namespace(msgspec.Struct, gc=False):
 
 
 class _Namespaces(msgspec.Struct, gc=False):
-    metadata: _ListMeta | None = None
+    metadata: ListMeta | None = None
     items: list[_Namespace] = []
 
 
@@ -124,12 +119,19 @@ class Workloads:
         self._page_size = page_size
         self._kinds: tuple[Kind, ...] | None = None
         self._pages = msgspec.json.Decoder(_Page)
+        self._objects = msgspec.json.Decoder(KubeObject)
         self._namespace_pages = msgspec.json.Decoder(_Namespaces)
 
     async def namespaces(self, only: Collection[str] = ()) -> list[tuple[str, str]]:
         """(namespace, mode) of every namespace that opted in, by name; `only`: of these."""
         found = []
-        async for page in self._list("/api/v1/namespaces", "namespaces", self._namespace_pages):
+        async for page in listing(
+            self._api,
+            "/api/v1/namespaces",
+            "listing namespaces",
+            self._namespace_pages,
+            page_size=self._page_size,
+        ):
             for item in page.items:
                 meta = item.metadata
                 mode = (meta.labels or {}).get(MODE_LABEL) if meta else None
@@ -140,23 +142,17 @@ class Workloads:
     async def kinds(self) -> tuple[Kind, ...]:
         """The kinds to walk: DeploymentConfigs too where the API has them."""
         if self._kinds is None:
-            path = DEPLOYMENT_CONFIGS.prefix
-            try:
-                await asyncio.to_thread(
-                    raw_request, self._api, "GET", path, [], f"discovering {path}"
-                )
-            except KubeError as exc:
-                if exc.status != 404:
-                    raise
-                self._kinds = KINDS
-            else:
-                self._kinds = (DEPLOYMENT_CONFIGS, *KINDS)
+            openshift = await serves(self._api, DEPLOYMENT_CONFIGS.prefix)
+            self._kinds = (DEPLOYMENT_CONFIGS, *KINDS) if openshift else KINDS
         return self._kinds
 
     async def in_namespace(self, namespace: str, mode: str) -> AsyncIterator[Workload]:
         for kind in await self.kinds():
             path = f"{kind.prefix}/namespaces/{namespace}/{kind.plural}"
-            async for page in self._list(path, f"{kind.plural} in {namespace}", self._pages):
+            doing = f"listing {kind.plural} in {namespace}"
+            async for page in listing(
+                self._api, path, doing, self._pages, page_size=self._page_size
+            ):
                 for obj in page.items:
                     yield Workload(namespace, mode, kind, obj)
 
@@ -169,23 +165,5 @@ class Workloads:
         raw = await asyncio.to_thread(
             raw_request, self._api, "PATCH", f"{path}/{workload.name}", [], doing, body
         )
-        try:
-            return msgspec.json.decode(raw, type=KubeObject)
-        except msgspec.ValidationError as exc:
-            raise KubeError(f"{doing}: unexpected answer: {exc}") from None
-
-    def _list(self, path: str, what: str, decoder: msgspec.json.Decoder[Any]) -> AsyncIterator[Any]:
-        async def fetch(token: str) -> tuple[Any, str]:
-            query: list[tuple[str, Any]] = [("limit", self._page_size)]
-            if token:
-                query.append(("continue", token))
-            raw = await asyncio.to_thread(
-                raw_request, self._api, "GET", path, query, f"listing {what}"
-            )
-            try:
-                page = decoder.decode(raw)
-            except msgspec.ValidationError as exc:
-                raise KubeError(f"listing {what}: unexpected answer: {exc}") from None
-            return page, (page.metadata.continue_ if page.metadata else None) or ""
-
-        return pages(fetch)
+        stored: KubeObject = decoded(raw, self._objects, doing)
+        return stored
