@@ -199,17 +199,25 @@ async def test_the_captured_pod_naming_an_imagestream(
     assert container["image"].endswith(f"/samples/app:v1@{stand.pushed['samples/app:v1'].digest}")
 
 
+@pytest.mark.parametrize(
+    ("kind", "where"),
+    [("Pod", "object"), ("Deployment", "template"), ("DeploymentConfig", "template")],
+)
 async def test_the_resolve_names_annotation_resolves_through_any_stream(
-    stand: Stand, openshift_kube: FakeKube, basic_registry: Registry, plain_registry: Registry
+    kind: str,
+    where: str,
+    stand: Stand,
+    openshift_kube: FakeKube,
+    basic_registry: Registry,
+    plain_registry: Registry,
 ) -> None:
     openshift_kube.store.create(IMAGE_STREAMS, NAMESPACE, stream_object(stand, local=False))
     config = config_for(stand, basic_registry, hub=plain_registry)
-    plain = as_kind("Deployment", "app:v2")
+    plain = as_kind(kind, "app:v2")
     annotated = copy.deepcopy(plain)
-    template = annotated["request"]["object"]["spec"]["template"]
-    template["metadata"].setdefault("annotations", {})[
-        "alpha.image.policy.openshift.io/resolve-names"
-    ] = "*"
+    obj = annotated["request"]["object"]
+    metadata = obj["metadata"] if where == "object" else obj["spec"]["template"]["metadata"]
+    metadata.setdefault("annotations", {})["alpha.image.policy.openshift.io/resolve-names"] = "*"
     async with reviewer(config) as (webhook, _):
         resolved = await review(webhook, annotated)
         unresolved = await review(webhook, plain)
