@@ -49,6 +49,7 @@ from tests.support.tls import TLSFiles, generate_tls, server_ssl_context
 
 NS = "team"
 GROUP, VERSION, PLURAL = "image-backup.io", "v1alpha1", "imagebackups"
+MERGE_PATCH = "application/merge-patch+json"
 
 
 @pytest.fixture
@@ -218,12 +219,13 @@ def test_custom_resources_have_a_status_subresource(api: Any, fake_kube: FakeKub
     }
     created = custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
     assert created["metadata"]["generation"] == 1
-    assert "status" in created  # create keeps what it is given; only updates split the two
+    assert "status" not in created  # as kube-apiserver: status is written through /status
+    assert "status" not in fake_kube.store.get(IMAGE_BACKUPS, NS, "nginx")
 
     status = custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, NS, PLURAL, "nginx", {"status": {"phase": "Copied"}, "spec": {"x": 1}}
     )
-    assert status["status"] == {"ignored": True, "phase": "Copied"}
+    assert status["status"] == {"phase": "Copied"}
     assert status["spec"] == {"source": "nginx:1.25"}  # /status ignores the spec
     assert status["metadata"]["generation"] == 1
 
@@ -231,10 +233,7 @@ def test_custom_resources_have_a_status_subresource(api: Any, fake_kube: FakeKub
     status["status"] = {"phase": "Overwritten?"}
     replaced = custom.replace_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "nginx", status)
     assert replaced["spec"] == {"source": "nginx:1.26"}
-    assert replaced["status"] == {
-        "ignored": True,
-        "phase": "Copied",
-    }  # the main resource ignores it
+    assert replaced["status"] == {"phase": "Copied"}  # the main resource ignores it
     assert replaced["metadata"]["generation"] == 2
 
     listed = custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)
@@ -246,6 +245,72 @@ def test_custom_resources_have_a_status_subresource(api: Any, fake_kube: FakeKub
     assert caught.value.status == 404
     with pytest.raises(KubeError):
         fake_kube.store.get(IMAGE_BACKUPS, NS, "nginx")
+
+
+def test_custom_resources_take_merge_patches_with_a_resource_version_precondition(
+    api: Any, fake_kube: FakeKube
+) -> None:
+    """As ImageBackup records are updated by several writers at once: a merge patch naming
+    the resourceVersion read applies only if nobody wrote since; else 409 Conflict."""
+    custom: Any = client.CustomObjectsApi(api)
+    args = (GROUP, VERSION, NS, PLURAL, "nginx")
+    label = "imagestreams.image-backup.io/shop.web"
+    body = {"metadata": {"name": "nginx"}, "spec": {"platforms": ["a"]}}
+    read = custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+    version = read["metadata"]["resourceVersion"]
+
+    first = {"metadata": {"resourceVersion": version, "labels": {label: "true"}}}
+    patched = custom.patch_namespaced_custom_object(
+        *args, {**first, "spec": {"platforms": ["a", "b"]}}, _content_type=MERGE_PATCH
+    )
+    assert patched["metadata"]["resourceVersion"] != version
+    stale = {"metadata": {"resourceVersion": version}, "spec": {"platforms": ["a", "c"]}}
+    patch = custom.patch_namespaced_custom_object
+    assert failure(patch, *args, stale, _content_type=MERGE_PATCH) == (409, "Conflict")
+    assert fake_kube.store.get(IMAGE_BACKUPS, NS, "nginx")["spec"] == {"platforms": ["a", "b"]}
+
+    missing = (GROUP, VERSION, NS, PLURAL, "other")
+    assert failure(patch, *missing, stale, _content_type=MERGE_PATCH) == (404, "NotFound")
+    for selector in (label, f"{label}=true"):
+        listed = custom.list_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, label_selector=selector
+        )
+        assert [o["metadata"]["name"] for o in listed["items"]] == ["nginx"]
+    unlabelled = custom.list_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, label_selector="imagestreams.image-backup.io/shop.other"
+    )
+    assert unlabelled["items"] == []
+
+
+def test_custom_resources_are_pruned_to_their_crds_schema(api: Any, fake_kube: FakeKube) -> None:
+    """As kube-apiserver prunes them: what manifests/base/crd.yaml does not define is dropped
+    from every write, silently, down to the items of arrays."""
+    custom: Any = client.CustomObjectsApi(api)
+    args = (GROUP, VERSION, NS, PLURAL, "nginx")
+    tag = {
+        "namespace": "shop",
+        "imageStream": "web",
+        "tag": "prod",
+        "created": "2026-11-01T09:00:00Z",
+    }
+    body = {
+        "metadata": {"name": "nginx", "labels": {"any": "label"}},
+        "spec": {"source": "nginx:1.25", "undefined": 1, "imageStreamTags": [{**tag, "extra": 2}]},
+        "undefined": True,
+    }
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+    expected_spec = {"source": "nginx:1.25", "imageStreamTags": [tag]}
+    assert (created["spec"], created["metadata"]["labels"]) == (expected_spec, {"any": "label"})
+    assert "undefined" not in created
+
+    unknown = {"spec": {"undefined": 2}}
+    patched = custom.patch_namespaced_custom_object(*args, unknown, _content_type=MERGE_PATCH)
+    assert patched["spec"] == expected_spec
+    assert patched["metadata"]["generation"] == 1  # nothing changed
+    status = {"status": {"phase": "Ready", "undefined": 3}}
+    patched = custom.patch_namespaced_custom_object_status(*args, status)
+    assert patched["status"] == {"phase": "Ready"}
+    assert fake_kube.store.get(IMAGE_BACKUPS, NS, "nginx")["status"] == {"phase": "Ready"}
 
 
 def test_leases_and_both_kinds_of_events(api: Any, fake_kube: FakeKube) -> None:

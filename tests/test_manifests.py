@@ -595,6 +595,17 @@ def test_imagebackup_resource(variant: str) -> None:
     assert schema["spec"]["properties"]["platforms"]["items"] == {"type": "string"}
     for field in ("heartbeat", "firstUsed", "lastUsed"):
         assert schema["status"]["properties"][field]["format"] == "date-time"
+    stream_tags = schema["spec"]["properties"]["imageStreamTags"]
+    assert stream_tags["type"] == "array"
+    item = stream_tags["items"]
+    fields = {"namespace", "imageStream", "tag", "created"}
+    assert (item["type"], set(item["required"]), set(item["properties"])) == (
+        "object",
+        fields,
+        fields,
+    )
+    assert {field["type"] for field in item["properties"].values()} == {"string"}
+    assert item["properties"]["created"]["format"] == "date-time"
     columns = {column["name"]: column for column in served["additionalPrinterColumns"]}
     assert list(columns) == [
         "Source",

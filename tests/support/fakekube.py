@@ -9,8 +9,14 @@ kube-apiserver v1.28 does:
   ``remainingItemCount`` and every page read from the first page's snapshot; a token older
   than the compaction is 410 Expired), cross-namespace LIST, POST, PUT, PATCH (merge,
   strategic merge - like merge, lists replaced, no ``$patch`` directives - and JSON patch),
-  DELETE and watches, with a global monotonic resourceVersion, optimistic concurrency and
-  ``kind: Status`` errors;
+  DELETE and watches, with a global monotonic resourceVersion, optimistic concurrency (a
+  ``metadata.resourceVersion`` in a PUT or a patch is a precondition: another one is 409
+  Conflict) and ``kind: Status`` errors;
+- custom resources with a ``/status`` subresource: a create drops the status, the main
+  resource ignores status changes and ``/status`` ignores everything else (``store`` writes,
+  a test's backdoor, keep what they are given); every write of one is pruned to the schema
+  of its CustomResourceDefinition in ``manifests/base/crd.yaml`` (a field the schema does
+  not define is dropped, silently), so the CRD and the code writing records cannot drift;
 - the core, apps, batch, events, coordination, admissionregistration and image-backup.io
   resources of ``_RESOURCES`` (Namespaces get their ``kubernetes.io/metadata.name`` label),
   and OpenShift's ``apps.openshift.io`` DeploymentConfigs only when started with
@@ -36,6 +42,7 @@ import binascii
 import contextlib
 import copy
 import datetime
+import functools
 import json
 import secrets
 import ssl
@@ -90,6 +97,7 @@ __all__ = [
 ]
 
 Object = dict[str, Any]
+CRD_FILE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "crd.yaml"
 Key = tuple[str, str, str, str, str]  # group, version, resource, namespace ("" if none), name
 
 
@@ -721,11 +729,40 @@ class Store:
 
 
 def _canonicalize(resource: Resource, obj: Object) -> None:
-    """What the API server's strategies always ensure: a Namespace is labelled with its name."""
+    """What the API server's strategies always ensure: a Namespace is labelled with its name;
+    a custom resource holds only what its CRD's schema defines."""
     if resource is NAMESPACES:
         metadata = obj["metadata"]
         labels = metadata.get("labels") or {}
         metadata["labels"] = {**labels, NAMESPACE_NAME_LABEL: metadata["name"]}
+    schema = _crd_schemas().get((resource.group, resource.version, resource.plural))
+    if schema is not None:
+        fields = {k: obj.pop(k) for k in list(obj) if k not in ("apiVersion", "kind", "metadata")}
+        obj.update(_pruned(fields, schema))
+
+
+@functools.cache
+def _crd_schemas() -> dict[tuple[str, str, str], Object]:
+    """The openAPIV3Schema of each (group, version, plural) that CRD_FILE defines."""
+    schemas = {}
+    for definition in yaml.safe_load_all(CRD_FILE.read_text()):
+        spec = definition["spec"]
+        for version in spec["versions"]:
+            key = (spec["group"], version["name"], spec["names"]["plural"])
+            schemas[key] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def _pruned(value: Any, schema: Object) -> Any:
+    """``value`` without the fields ``schema`` does not define (structural pruning)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return value
+    properties = schema.get("properties")
+    if isinstance(value, dict) and properties is not None:
+        return {k: _pruned(v, properties[k]) for k, v in value.items() if k in properties}
+    if isinstance(value, list) and "items" in schema:
+        return [_pruned(item, schema["items"]) for item in value]
+    return value
 
 
 def _updated(resource: Resource, current: Object, proposed: Object, status_only: bool) -> Object:
@@ -747,9 +784,9 @@ def _updated(resource: Resource, current: Object, proposed: Object, status_only:
         if field in current["metadata"]:
             metadata[field] = current["metadata"][field]
     obj["apiVersion"], obj["kind"] = resource.api_version, resource.kind
+    _canonicalize(resource, obj)
     if resource.custom and _without_status(obj) != _without_status(current):
         metadata["generation"] = current["metadata"]["generation"] + 1
-    _canonicalize(resource, obj)
     return obj
 
 
@@ -1059,6 +1096,8 @@ class FakeKube:
 
     async def _create(self, call: Call, target: _Target, warnings: list[str]) -> Object:
         body = copy.deepcopy(_object(call.body))
+        if target.resource.custom:
+            body.pop("status", None)  # written through /status only: a create drops it
         write = _write(call, target, "CREATE", warnings)
         admitted = await self._admit(write, body, None)
         return self.store.create(target.resource, target.namespace, admitted, dry_run=write.dry_run)
