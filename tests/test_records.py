@@ -6,19 +6,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
 import pytest
 from kubernetes import client
 
 from tests.support.fakekube import IMAGE_BACKUPS, Call, FakeKube, KubeError
 from webhook.kube import records as records_module
+from webhook.kube.client import KubeError as ClientError
 from webhook.kube.client import api_client
-from webhook.kube.records import BackupRecords, ReadyBackup, record_name
+from webhook.kube.records import (
+    BackupRecords,
+    ReadyBackup,
+    StreamBackup,
+    StreamTag,
+    record_name,
+    stream_label,
+)
 from webhook.registry.copy import Stored
 
 NS = "image-backup"
@@ -510,3 +521,293 @@ def test_record_names_are_readable_and_distinct() -> None:
         "b.example/team/nginx", DIGEST
     )
     assert record_name(REPO, DIGEST) != record_name(REPO, "sha256:" + "cd" * 32)
+
+
+# ImageStream tags: which history items of which OpenShift ImageStream tags a backup is.
+
+SHOP_LABEL = "imagestreams.image-backup.io/shop.myapp"
+LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
+def item(tag: str, created: str, namespace: str = "shop", stream: str = "myapp") -> dict[str, str]:
+    return {"namespace": namespace, "imageStream": stream, "tag": tag, "created": created}
+
+
+def stream_tag(tag: str, created: str, namespace: str = "shop", stream: str = "myapp") -> StreamTag:
+    return StreamTag(namespace, stream, tag, created)
+
+
+async def note(records: BackupRecords, *tags: StreamTag, digest: str = DIGEST) -> None:
+    """note_stream_tags() on the test's backup (or on the backup of `digest`)."""
+    backup = f"{REPO}:1.25@{digest}"
+    await records.note_stream_tags(
+        source=SOURCE, backup=backup, backup_repo=REPO, digest=digest, tags=tags
+    )
+
+
+def spec_writes(kube: FakeKube, name: str = NAME) -> list[Call]:
+    return kube.calls_to("PATCH", f"/imagebackups/{name}")
+
+
+async def test_stream_tags_are_merged_into_the_record_once_each_and_sorted(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    blobs = ["sha256:" + "01" * 32]
+    seed(
+        fake_kube,
+        {"phase": "Ready", "firstUsed": "2026-11-02T10:00:00.000000Z"},
+        blobs=blobs,
+        imageStreamTags=[item("prod", "2026-11-01T09:00:00Z")],
+    )
+    records = open_records("replica-a")
+    await note(
+        records,
+        stream_tag("v1", "2026-10-01T00:00:00Z"),
+        stream_tag("prod", "2026-11-01T09:00:00Z"),  # recorded already
+        # Later than 2026-11-01T09:00:00Z, though it sorts before it as text.
+        stream_tag("prod", "2026-11-01T08:30:00-02:00"),
+        stream_tag("prod", "2026-11-01T09:00:00Z", namespace="ci"),  # imported there too
+        stream_tag("latest", "2026-11-05T12:00:00Z", stream="base"),
+    )
+
+    record = fake_kube.store.get(IMAGE_BACKUPS, NS, NAME)
+    assert record["spec"] == {
+        "source": SOURCE,
+        "backup": BACKUP,
+        "digest": DIGEST,
+        "blobs": blobs,
+        "imageStreamTags": [
+            item("prod", "2026-11-01T09:00:00Z", namespace="ci"),
+            item("latest", "2026-11-05T12:00:00Z", stream="base"),
+            item("prod", "2026-11-01T08:30:00-02:00"),
+            item("prod", "2026-11-01T09:00:00Z"),
+            item("v1", "2026-10-01T00:00:00Z"),
+        ],
+    }
+    assert record["metadata"]["labels"] == {
+        SHOP_LABEL: "true",
+        "imagestreams.image-backup.io/shop.base": "true",
+        "imagestreams.image-backup.io/ci.myapp": "true",
+    }
+    assert record["status"] == {"phase": "Ready", "firstUsed": "2026-11-02T10:00:00.000000Z"}
+    (write,) = spec_writes(fake_kube)
+    assert write.body["metadata"]["resourceVersion"]  # the precondition
+
+    await note(records, stream_tag("v1", "2026-10-01T00:00:00Z"))
+    assert len(spec_writes(fake_kube)) == 1  # nothing new: nothing written
+
+
+async def test_a_missing_record_is_made_ready_with_the_stream_tags(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    records = open_records("replica-a")
+    await note(records)
+    assert fake_kube.calls == []  # nothing to note: no record is made for it
+    await note(records, stream_tag("prod", "2026-11-01T09:00:00Z"))
+
+    record = fake_kube.store.get(IMAGE_BACKUPS, NS, NAME)
+    assert record["spec"] == {
+        "source": SOURCE,
+        "backup": BACKUP,
+        "digest": DIGEST,
+        "imageStreamTags": [item("prod", "2026-11-01T09:00:00Z")],
+    }
+    assert record["metadata"]["labels"] == {SHOP_LABEL: "true"}
+    assert record["status"] == {"phase": "Ready"}
+    # Ready, so that a replica admitting the image copies nothing, and warm() knows it.
+    assert await exclusive(open_records("replica-b"), Copier()) is None
+    assert [backup.digest for backup in await records.ready()] == [DIGEST]
+
+
+@pytest.mark.parametrize("phase", ["Copying", "Failed"])
+async def test_a_record_being_copied_or_failed_gets_the_stream_tags_and_keeps_its_phase(
+    fake_kube: FakeKube, open_records: Opener, phase: str
+) -> None:
+    status = {"phase": phase, "holder": "replica-b", "heartbeat": ago(0)}
+    seed(fake_kube, status)
+    await note(open_records("replica-a"), stream_tag("prod", "2026-11-01T09:00:00Z"))
+    record = fake_kube.store.get(IMAGE_BACKUPS, NS, NAME)
+    assert record["spec"]["imageStreamTags"] == [item("prod", "2026-11-01T09:00:00Z")]
+    assert record["status"] == status
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["record", "no-record"])
+async def test_concurrent_writers_of_stream_tags_all_survive(
+    fake_kube: FakeKube, open_records: Opener, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    """Both read before either writes (the record, or that there is none): one write loses
+    (409) and is made again on what the other wrote."""
+    if exists:
+        seed(fake_kube, {"phase": "Ready"})
+    method = "patch_namespaced_custom_object" if exists else "create_namespaced_custom_object"
+    both_read = threading.Barrier(2, timeout=5)
+    first_writes = iter(range(2))
+    write = getattr(client.CustomObjectsApi, method)
+
+    def after_both_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if next(first_writes, None) is not None:  # the retry goes ahead alone
+            both_read.wait()
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(client.CustomObjectsApi, method, after_both_read)
+    a, b = open_records("replica-a"), open_records("replica-b")
+    await asyncio.gather(
+        note(a, stream_tag("v1", "2026-11-01T09:00:00Z")),
+        note(b, stream_tag("latest", "2026-11-01T09:00:00Z")),
+    )
+    record = fake_kube.store.get(IMAGE_BACKUPS, NS, NAME)
+    assert record["spec"]["imageStreamTags"] == [
+        item("latest", "2026-11-01T09:00:00Z"),
+        item("v1", "2026-11-01T09:00:00Z"),
+    ]
+    assert record["status"]["phase"] == "Ready"
+    creates = fake_kube.calls_to("POST", f"/namespaces/{NS}/imagebackups")
+    if exists:
+        assert (len(creates), len(spec_writes(fake_kube))) == (0, 3)
+    else:  # the loser adds its tags (again, if the winner's status write came in between)
+        assert len(creates) == 2 and spec_writes(fake_kube)
+
+
+async def test_stream_tags_give_up_after_a_few_conflicts(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    seed(fake_kube, {"phase": "Ready"})
+
+    def always_changed(call: Call) -> None:
+        if call.method == "PATCH" and call.path.endswith(f"/imagebackups/{NAME}"):
+            raise KubeError(409, "Conflict", "the object has been modified")
+
+    fake_kube.interceptors.append(always_changed)
+    with pytest.raises(ClientError) as caught:
+        await note(open_records("replica-a"), stream_tag("prod", "2026-11-01T09:00:00Z"))
+    assert caught.value.status == 409
+    assert len(spec_writes(fake_kube)) == records_module.CONFLICT_RETRIES
+
+
+@pytest.mark.parametrize(
+    ("namespace", "stream", "readable", "hashed"),
+    [
+        ("shop", "myapp", "shop.myapp", False),
+        ("n" * 30, "s" * 32, "n" * 30 + "." + "s" * 32, False),  # 63 characters
+        ("n" * 30, "s" * 33, "n" * 30 + "." + "s" * 21, True),
+        (
+            "team-" * 12 + "abc",
+            "registry.example.com.mirror." * 9 + "app",
+            "team-" * 10 + "te",
+            True,
+        ),
+        ("shop", "my-app.", "shop.my-app", True),  # a label name cannot end in a dot
+        ("x", "-" * 70, "x", True),
+    ],
+)
+def test_stream_labels_are_valid_label_keys(
+    namespace: str, stream: str, readable: str, hashed: bool
+) -> None:
+    key = stream_label(namespace, stream)
+    prefix, _, name = key.partition("/")
+    assert prefix == "imagestreams.image-backup.io"
+    assert LABEL_NAME.fullmatch(name), name
+    assert len(name) <= 63
+    assert re.fullmatch(re.escape(readable) + ("-[0-9a-f]{10}" if hashed else ""), name), name
+    assert stream_label(namespace, stream) == key
+
+
+def test_long_stream_labels_are_distinct() -> None:
+    """Names whose readable parts agree get labels of their own."""
+    namespace, stream = "n" * 30, "s" * 40
+    assert stream_label(namespace, stream + "x") != stream_label(namespace, stream)
+    assert stream_label(namespace, stream + ".") != stream_label(namespace, stream + "-")
+
+
+async def test_stream_backups_are_the_streams_history_newest_first(
+    fake_kube: FakeKube, open_records: Opener
+) -> None:
+    other = "sha256:" + "cd" * 32
+    long_stream = "registry.example.com.mirror." * 9 + "app"
+    records = open_records("replica-a")
+    await note(
+        records,
+        stream_tag("prod", "2026-11-01T09:00:00Z"),
+        stream_tag("prod", "2026-11-01T09:00:00Z", stream=long_stream),
+        stream_tag("prod", "2026-11-02T09:00:00Z", namespace="ci"),
+    )
+    await note(records, stream_tag("prod", "2026-11-20T10:00:00Z"), digest=other)
+    seed(fake_kube, {"phase": "Ready"}, repo="r.example/unrelated")
+
+    history = await records.stream_backups(namespace="shop", image_stream="myapp")
+    assert history == [
+        StreamBackup(
+            stream_tag("prod", "2026-11-20T10:00:00Z"), SOURCE, f"{REPO}:1.25@{other}", "Ready"
+        ),
+        StreamBackup(stream_tag("prod", "2026-11-01T09:00:00Z"), SOURCE, BACKUP, "Ready"),
+    ]
+    (listed,) = [c for c in fake_kube.calls if c.method == "GET" and c.path.endswith("s")]
+    assert listed.query["labelSelector"] == SHOP_LABEL  # the server picks the records
+    long_history = await records.stream_backups(namespace="shop", image_stream=long_stream)
+    assert [backup.item.image_stream for backup in long_history] == [long_stream]
+
+
+def image_backup(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `image-backup` command, as an operator runs it (KUBECONFIG: the fake)."""
+    command = [sys.executable, "-m", "webhook", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_status_of_an_imagestream_lists_its_history_newest_first(
+    fake_kube: FakeKube, open_records: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)  # the records' namespace: image-backup
+    records = open_records("replica-a")
+    old, new, broken = ("sha256:" + c * 64 for c in "abc")
+
+    def backup(digest: str) -> str:
+        return f"{REPO}:1.25@{digest}"
+
+    failed = {"phase": "Failed", "message": "no space left"}
+    seed(fake_kube, failed, digest=broken, backup=backup(broken))
+    history = {
+        old: [("prod", "2026-11-01T09:00:00Z"), ("v1", "2026-11-01T09:00:00Z")],
+        new: [("prod", "2026-11-20T10:00:00Z"), ("latest", "2026-11-19T08:00:00Z")],
+        broken: [("latest", "2026-11-25T07:00:00Z")],
+    }
+    for digest, items in history.items():
+        await note(records, *(stream_tag(tag, created) for tag, created in items), digest=digest)
+    await note(records, stream_tag("prod", "2026-11-30T00:00:00Z", namespace="ci"), digest=old)
+
+    every = image_backup("status", "--imagestream", "shop/myapp")
+    assert every.returncode == 0, every.stderr
+    assert [line.split() for line in every.stdout.splitlines()] == [
+        ["TAG", "CREATED", "SOURCE", "BACKUP", "PHASE"],
+        ["latest", "2026-11-25T07:00:00Z", SOURCE, backup(broken), "Failed"],
+        ["prod", "2026-11-20T10:00:00Z", SOURCE, backup(new), "Ready"],
+        ["latest", "2026-11-19T08:00:00Z", SOURCE, backup(new), "Ready"],
+        ["prod", "2026-11-01T09:00:00Z", SOURCE, backup(old), "Ready"],
+        ["v1", "2026-11-01T09:00:00Z", SOURCE, backup(old), "Ready"],
+    ]
+    header, first = every.stdout.splitlines()[:2]
+    assert first.index("2026-11-25") == header.index("CREATED")  # aligned columns
+
+    prod = image_backup("status", "--imagestream", "shop/myapp:prod", "-o", "json")
+    assert prod.returncode == 0, prod.stderr
+    assert orjson.loads(prod.stdout) == [
+        {
+            "tag": "prod",
+            "created": created,
+            "source": SOURCE,
+            "backup": backup(digest),
+            "phase": "Ready",
+        }
+        for digest, created in [(new, "2026-11-20T10:00:00Z"), (old, "2026-11-01T09:00:00Z")]
+    ]
+
+    none = image_backup("status", "--imagestream", "shop/other", "-o", "json")
+    assert (none.returncode, orjson.loads(none.stdout)) == (0, [])
+    none = image_backup("status", "--imagestream", "shop/other")
+    assert (none.returncode, none.stdout.split()) == (
+        0,
+        ["TAG", "CREATED", "SOURCE", "BACKUP", "PHASE"],
+    )
+    assert none.stderr == "no backup of ImageStream shop/other is recorded\n"
+    bad = image_backup("status", "--imagestream", "myapp:prod")
+    assert bad.returncode == 2
+    assert "'myapp:prod' is not NAMESPACE/NAME[:TAG]" in bad.stderr

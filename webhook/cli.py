@@ -319,7 +319,10 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _status(args: argparse.Namespace, config: Config) -> int:
-    """Every running container's image: protected, backed up, unprotected or excluded."""
+    """Every running container's image: protected, backed up, unprotected or excluded; with
+    --imagestream, that ImageStream's history instead."""
+    if args.imagestream is not None:
+        return await _stream_history(args, config)
     from . import status
     from .admission.exclusion import Exclusions
     from .admission.plan import Planner
@@ -337,6 +340,36 @@ async def _status(args: argparse.Namespace, config: Config) -> int:
         )
     print(status.table(found) if args.output == "table" else status.as_json(found))
     return 0
+
+
+async def _stream_history(args: argparse.Namespace, config: Config) -> int:
+    """Which images an ImageStream's tags pointed at, since when, and their backups: the
+    records only (no workload is read, no engine opened)."""
+    from . import status
+    from .metrics import Metrics
+
+    namespace, image_stream, tag = args.imagestream
+    async with _cluster(config, Metrics(), "status") as cluster:
+        backups = await cluster.records.stream_backups(
+            namespace=namespace, image_stream=image_stream
+        )
+    found = status.history(backups, tag=tag)
+    if args.output == "json":
+        print(status.history_json(found))
+        return 0
+    print(status.history_table(found))
+    if not found:
+        print(f"no backup of ImageStream {namespace}/{image_stream} is recorded", file=sys.stderr)
+    return 0
+
+
+def _image_stream(text: str) -> tuple[str, str, str | None]:
+    """--imagestream NAMESPACE/NAME[:TAG]: (namespace, name, tag or None)."""
+    namespace, _, rest = text.partition("/")
+    name, colon, tag = rest.partition(":")
+    if not (namespace and name) or "/" in rest or (colon and not tag):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME[:TAG]")
+    return namespace, name, tag if colon else None
 
 
 @contextlib.asynccontextmanager
@@ -563,14 +596,22 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="which running images are protected by a backup, and which are not"
     )
-    _add_namespaces(status)
+    which = status.add_mutually_exclusive_group()
+    _add_namespaces(which)
+    which.add_argument(
+        "--imagestream",
+        metavar="NAMESPACE/NAME[:TAG]",
+        type=_image_stream,
+        help="instead: which images this OpenShift ImageStream's tags (or this tag) pointed "
+        "at, newest first, and their backups",
+    )
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     status.set_defaults(command=_status)
     return parser
 
 
-def _add_namespaces(parser: argparse.ArgumentParser) -> None:
+def _add_namespaces(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
         "--namespace",
         action="append",

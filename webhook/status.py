@@ -7,6 +7,10 @@ the backup and the day it was first used. It reads the cluster and the ImageBack
 only: no registry is asked and nothing is copied, so it is quick and safe to run with read
 access. What it cannot see: a backup made without records (a webhook outside the cluster,
 or records that could not be written) counts as missing until a backfill pass records it.
+
+With ``--imagestream NAMESPACE/NAME[:TAG]`` it lists instead which images an OpenShift
+ImageStream's tags pointed at and since when, each with its backup: the records' own
+history of the stream, found by its label.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import orjson
 from .admission.exclusion import Exclusions
 from .admission.plan import Action, Planner
 from .admission.pods import stored_images
-from .kube.records import ReadyBackup
+from .kube.records import ReadyBackup, StreamBackup
 from .kube.workloads import Workloads
 from .reference import Reference
 
 PROTECTED, BACKED_UP, UNPROTECTED, EXCLUDED = "protected", "backed-up", "unprotected", "excluded"
 STATES = (PROTECTED, BACKED_UP, UNPROTECTED, EXCLUDED)
 COLUMNS = ("NAMESPACE", "WORKLOAD", "CONTAINER", "IMAGE", "STATE", "BACKUP", "SINCE")
+HISTORY_COLUMNS = ("TAG", "CREATED", "SOURCE", "BACKUP", "PHASE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,15 @@ class Row:
     state: str
     backup: str = ""
     since: str = ""  # the day the backup was first used, YYYY-MM-DD
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    tag: str
+    created: str  # when the tag began to point at the image (RFC 3339)
+    source: str
+    backup: str
+    phase: str
 
 
 class _Backups:
@@ -104,18 +118,41 @@ def summary(found: Sequence[Row]) -> str:
 
 
 def table(found: Sequence[Row]) -> str:
-    cells = [COLUMNS]
-    for r in found:
-        row = (r.namespace, r.workload, r.container, r.image, r.state)
-        cells.append((*row, r.backup or "-", r.since or "-"))
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    lines = [
-        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    cells = [
+        (r.namespace, r.workload, r.container, r.image, r.state, r.backup or "-", r.since or "-")
+        for r in found
     ]
-    return "\n".join([*lines, "", summary(found)])
+    return "\n".join([_aligned([COLUMNS, *cells]), "", summary(found)])
 
 
 def as_json(found: Sequence[Row]) -> str:
     counts = Counter(row.state for row in found)
     document = {"containers": [asdict(r) for r in found], "summary": {s: counts[s] for s in STATES}}
     return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+
+
+def history(backups: Sequence[StreamBackup], *, tag: str | None = None) -> list[HistoryRow]:
+    """One row per history item of the stream's tags (or of `tag`), in the order given:
+    newest first."""
+    return [
+        HistoryRow(b.item.tag, b.item.created, b.source, b.backup, b.phase)
+        for b in backups
+        if tag is None or b.item.tag == tag
+    ]
+
+
+def history_table(found: Sequence[HistoryRow]) -> str:
+    cells = [(r.tag, r.created, r.source, r.backup, r.phase) for r in found]
+    return _aligned([HISTORY_COLUMNS, *cells])
+
+
+def history_json(found: Sequence[HistoryRow]) -> str:
+    return orjson.dumps([asdict(r) for r in found], option=orjson.OPT_INDENT_2).decode()
+
+
+def _aligned(cells: Sequence[Sequence[str]]) -> str:
+    """Rows of columns, each as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )

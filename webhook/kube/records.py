@@ -22,7 +22,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,6 +43,10 @@ WATCH_SECONDS = 5  # each watch stream at most: then staleness is judged again
 MESSAGE_LIMIT = 1000
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+CONFLICT_RETRIES = 5  # writes of ImageStream tags read again after a 409, this often at most
+STREAM_LABEL_PREFIX = "imagestreams.image-backup.io/"
+LABEL_NAME_LIMIT = 63
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 Object = dict[str, Any]
@@ -56,6 +60,41 @@ class ReadyBackup:
     source: str = ""  # the reference that was backed up, as workloads named it
     backup: str = ""  # the pinned backup reference
     since: str = ""  # when it was first used (RFC 3339), "" if not recorded
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTag:
+    """One history item of an OpenShift ImageStream tag: the tag pointed at the image from
+    `created` on (until the next newer item of the same tag, if any)."""
+
+    namespace: str  # the ImageStream's namespace
+    image_stream: str  # its name
+    tag: str  # the ImageStream tag
+    created: str  # the history item's `created` (RFC 3339)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBackup:
+    """A history item of an ImageStream tag, with the record of its image's backup."""
+
+    item: StreamTag
+    source: str
+    backup: str
+    phase: str
+
+
+def stream_label(namespace: str, image_stream: str) -> str:
+    """The label key on the records of an ImageStream's images (value "true"):
+    ``imagestreams.image-backup.io/<namespace>.<name>`` when that is a valid label name;
+    otherwise a readable truncation and a hash of ``<namespace>/<name>``, so that a long
+    name still gets a valid key of its own. (A namespace has no dot: the first dot ends it.)"""
+    name = f"{namespace}.{image_stream}"
+    if len(name) <= LABEL_NAME_LIMIT and _LABEL_NAME.fullmatch(name):
+        return STREAM_LABEL_PREFIX + name
+    digest = hashlib.sha256(f"{namespace}/{image_stream}".encode()).hexdigest()[:10]
+    readable = re.sub(r"[^-A-Za-z0-9_.]+", "-", name)[: LABEL_NAME_LIMIT - 1 - len(digest)]
+    readable = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", readable)
+    return STREAM_LABEL_PREFIX + "-".join(part for part in (readable, digest) if part)
 
 
 def record_name(backup_repo: str, digest: str) -> str:
@@ -165,22 +204,39 @@ class BackupRecords:
             await asyncio.sleep(interval)
             await self.touch_used()
 
+    async def note_stream_tags(
+        self,
+        *,
+        source: str,
+        backup: str,
+        backup_repo: str,
+        digest: str,
+        tags: Sequence[StreamTag],
+    ) -> None:
+        """Record on the ImageBackup of (backup_repo, digest) that it backs up these
+        ImageStream tag history items. A missing record is made Ready: the caller has just
+        seen the backup in the registry (copied, or there already). One being copied, or
+        Failed, gets the items and keeps its phase. A write lost to another writer (a
+        409) is made again on what that one wrote, so every writer's items survive."""
+        if not tags:
+            return
+        name = record_name(backup_repo, digest)
+        spec = {"source": source, "backup": backup, "digest": digest}
+        for _ in range(CONFLICT_RETRIES):
+            if await self._add_stream_tags(name, spec, tags):
+                return
+        raise KubeError(
+            f"noting ImageStream tags on {self._what(name)}: changed by others "
+            f"{CONFLICT_RETRIES} times in a row",
+            409,
+            "Conflict",
+        )
+
     async def ready(self) -> list[ReadyBackup]:
         """The backups recorded as Ready: to start with what other replicas made, and to
-        say what is protected. Read a page at a time: there may be tens of thousands."""
-
-        async def fetch(token: str) -> tuple[list[Object], str]:
-            listed = await self._request(
-                f"listing ImageBackups in {self._namespace}",
-                self._custom.list_namespaced_custom_object,
-                limit=PAGE_SIZE,
-                _continue=token or None,
-            )
-            return listed["items"], (listed.get("metadata") or {}).get("continue") or ""
-
+        say what is protected."""
         backups = []
-        records = [record async for page in pages(fetch) for record in page]
-        for record in records:
+        async for record in self._listed():
             if _phase(record) == READY:
                 spec = record["spec"]
                 blobs = tuple(spec.get("blobs") or ())
@@ -197,6 +253,27 @@ class BackupRecords:
                 )
         return backups
 
+    async def stream_backups(self, *, namespace: str, image_stream: str) -> list[StreamBackup]:
+        """The recorded history items of an ImageStream's tags, newest first, each with its
+        backup: from the records the stream's label selects."""
+        selector = stream_label(namespace, image_stream)
+        # By name: a list restarted after its continue token expired repeats records.
+        records = {r["metadata"]["name"]: r async for r in self._listed(label_selector=selector)}
+        found = []
+        for record in records.values():
+            spec = record.get("spec") or {}
+            source, backup, phase = (
+                spec.get("source") or "",
+                spec.get("backup") or "",
+                _phase(record),
+            )
+            for item in _stream_tags(spec.get("imageStreamTags") or ()):
+                if (item.namespace, item.image_stream) == (namespace, image_stream):
+                    found.append(StreamBackup(item, source, backup, phase))
+        found.sort(key=lambda backup: backup.item.tag)
+        found.sort(key=lambda backup: _instant(backup.item.created), reverse=True)
+        return found
+
     async def close(self) -> None:
         """Stop heartbeats (their records go stale and are taken over) and the threads."""
         for task in self._heartbeats:
@@ -204,6 +281,55 @@ class BackupRecords:
         await asyncio.gather(*self._heartbeats, return_exceptions=True)
         self._requests.shutdown(wait=False, cancel_futures=True)
         self._watches.shutdown(wait=False, cancel_futures=True)
+
+    async def _listed(self, *, label_selector: str = "") -> AsyncIterator[Object]:
+        """The namespace's records (those the selector selects), read a page at a time:
+        there may be tens of thousands."""
+
+        async def fetch(token: str) -> tuple[list[Object], str]:
+            listed = await self._request(
+                f"listing ImageBackups in {self._namespace}",
+                self._custom.list_namespaced_custom_object,
+                label_selector=label_selector or None,
+                limit=PAGE_SIZE,
+                _continue=token or None,
+            )
+            return listed["items"], (listed.get("metadata") or {}).get("continue") or ""
+
+        async for page in pages(fetch):
+            for record in page:
+                yield record
+
+    async def _add_stream_tags(self, name: str, spec: Object, tags: Sequence[StreamTag]) -> bool:
+        """One try of note_stream_tags; False when the record was made, changed or deleted
+        by someone else between this replica's read and its write."""
+        labels = {stream_label(tag.namespace, tag.image_stream): "true" for tag in tags}
+        record = await self._read(name)
+        if record is None:
+            spec = {**spec, "imageStreamTags": _merged_stream_tags([], tags)}
+            return await self._create(name, spec, labels=labels, ready=True)
+        metadata = record["metadata"]
+        known = (record.get("spec") or {}).get("imageStreamTags") or []
+        merged = _merged_stream_tags(known, tags)
+        if merged == known and labels.items() <= (metadata.get("labels") or {}).items():
+            return True
+        patch = {
+            "metadata": {"resourceVersion": metadata["resourceVersion"], "labels": labels},
+            "spec": {"imageStreamTags": merged},
+        }
+        try:
+            await self._request(
+                f"noting ImageStream tags on {self._what(name)}",
+                self._custom.patch_namespaced_custom_object,
+                name,
+                patch,
+                _content_type=MERGE_PATCH,
+            )
+        except KubeError as exc:
+            if exc.status not in (404, 409):
+                raise
+            return False
+        return True
 
     async def _acquire(
         self,
@@ -233,12 +359,23 @@ class BackupRecords:
             else:
                 record = await self._next_version(record, deadline)
 
-    async def _create(self, name: str, spec: Object) -> bool:
-        """Whether this replica made the record (and holds it); False when it exists."""
+    async def _create(
+        self,
+        name: str,
+        spec: Object,
+        *,
+        labels: dict[str, str] | None = None,
+        ready: bool = False,
+    ) -> bool:
+        """Whether this replica made the record; False when it exists. The record is this
+        replica's to copy (Copying), or with `ready` Ready at once: the backup exists."""
+        metadata: Object = {"name": name}
+        if labels:
+            metadata["labels"] = labels
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,
-            "metadata": {"name": name},
+            "metadata": metadata,
             "spec": spec,
         }
         try:
@@ -251,11 +388,13 @@ class BackupRecords:
             return False
         # The API server ignores the status of a create: it takes a second write. Until it
         # lands, others count the record as Copying since its creation.
-        now = _timestamp(self._now())
-        status = {"phase": COPYING, "holder": self._holder, "heartbeat": now, "firstUsed": now}
+        status: Object = {"phase": READY}
+        if not ready:
+            now = _timestamp(self._now())
+            status = {"phase": COPYING, "holder": self._holder, "heartbeat": now, "firstUsed": now}
         try:
             await self._request(
-                f"holding {self._what(name)}",
+                f"marking {self._what(name)} Ready" if ready else f"holding {self._what(name)}",
                 self._custom.patch_namespaced_custom_object_status,
                 name,
                 {"status": status},
@@ -464,11 +603,46 @@ def _heartbeat(record: Object) -> datetime:
     text = (record.get("status") or {}).get("heartbeat") or record["metadata"].get(
         "creationTimestamp"
     )
+    return _instant(text)  # unreadable: as good as abandoned
+
+
+def _instant(text: object) -> datetime:
+    """An RFC 3339 time (without an offset: UTC); an unreadable one is long ago."""
     try:
         at = datetime.fromisoformat(str(text))
     except ValueError:
-        return _LONG_AGO  # unreadable: as good as abandoned
+        return _LONG_AGO
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _stream_tags(items: Iterable[Object]) -> list[StreamTag]:
+    """The ImageStream tag history items of a record's spec.imageStreamTags."""
+    return [
+        StreamTag(
+            str(item.get("namespace") or ""),
+            str(item.get("imageStream") or ""),
+            str(item.get("tag") or ""),
+            str(item.get("created") or ""),
+        )
+        for item in items
+    ]
+
+
+def _merged_stream_tags(known: list[Object], tags: Sequence[StreamTag]) -> list[Object]:
+    """spec.imageStreamTags holding the recorded items and `tags`, each once: by namespace,
+    ImageStream and tag, newest first within a tag (so, stable for the no-op check)."""
+    ordered = sorted({*_stream_tags(known), *tags}, key=lambda item: item.created)
+    ordered.sort(key=lambda item: _instant(item.created), reverse=True)
+    ordered.sort(key=lambda item: (item.namespace, item.image_stream, item.tag))
+    return [
+        {
+            "namespace": item.namespace,
+            "imageStream": item.image_stream,
+            "tag": item.tag,
+            "created": item.created,
+        }
+        for item in ordered
+    ]
 
 
 def _timestamp(at: datetime) -> str:
