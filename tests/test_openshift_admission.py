@@ -1,4 +1,5 @@
-"""Admission on OpenShift: ImageStream names, image triggers and OpenShift's own Pods.
+"""On OpenShift: ImageStream names, image triggers and OpenShift's own Pods, at admission
+and in backfill and status.
 
 The reviews and the ImageStream are the ones captured from a real OpenShift 4.15
 openshift-apiserver (tests/data); their loopback registry 127.0.0.1:25000 and its image
@@ -13,6 +14,8 @@ import base64
 import copy
 import json
 import secrets
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,7 +40,7 @@ from tests.support.fakekube import (
 from tests.support.registries import Registry
 from tests.support.tls import TLSFiles
 from tests.support.webhooks import running_webhook
-from tests.workloads import opt_in
+from tests.workloads import create, opt_in, workload
 from webhook.admission.handler import Admission
 from webhook.admission.pods import image_fields, pod_spec
 from webhook.admission.review import parse_review
@@ -560,3 +563,40 @@ async def test_audit_and_dry_run_resolve_names_and_copy_nothing(
     repo = f"{config.backup_registry.prefix}/{stand.registry.host.replace(':', '_')}/samples/app"
     with pytest.raises(skopeo.SkopeoError, match="manifest unknown"):
         skopeo.inspect_raw_digest(basic_registry, f"{repo}@{current}")
+
+
+def test_backfill_and_status_decide_as_admission_does(
+    stand: Stand, openshift_kube: FakeKube, basic_registry: Registry, tmp_path: Path
+) -> None:
+    """A Deployment naming an ImageStream is backed up from the stream's image; a
+    DeploymentConfig waiting for its trigger is no failure; status says both."""
+    config = config_for(stand, basic_registry)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(msgspec.to_builtins(config)))
+    opt_in(openshift_kube, NAMESPACE, "enforce")
+    openshift_kube.store.create(IMAGE_STREAMS, NAMESPACE, stream_object(stand))
+    create(openshift_kube, NAMESPACE, workload("Deployment", "web", {"app": "app:v1"}))
+    waiting = openshift_sample("deploymentconfig-create-imagechange-trigger", stand)
+    create(openshift_kube, NAMESPACE, waiting["request"]["object"])
+
+    def image_backup(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "webhook", *args, "-o", "json", "--config", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    done = image_backup("backfill")
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["images"], summary["failures"]) == ({"copied": 1, "excluded": 1}, [])
+    current = stand.pushed["samples/app:v1"].digest
+    source_host = stand.registry.host.replace(":", "_")
+    repo = f"{config.backup_registry.prefix}/{source_host}/samples/app"
+    assert skopeo.inspect_raw_digest(basic_registry, f"{repo}:v1") == current
+
+    shown = image_backup("status")
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)["containers"]
+    states = {(row["workload"], row["state"], row["backup"]) for row in rows}
+    assert states == {
+        ("Deployment/web", "backed-up", f"{basic_registry.host}/{repo}:v1@{current}"),
+        ("DeploymentConfig/dc-trig", "excluded", ""),
+    }

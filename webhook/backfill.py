@@ -45,8 +45,8 @@ from .admission.notices import Notices
 from .admission.objects import KubeObject
 from .admission.plan import Action, ImagePlan, Planner, not_backed_up, reason
 from .admission.pods import ImageField, pull_identity, stored_images
-from .admission.streams import StreamReader, resolve, resolves_all_names
-from .admission.triggers import triggered
+from .admission.stored import planned
+from .admission.streams import StreamReader
 from .config import Config
 from .events import event_message
 from .kube.client import KubeError
@@ -277,18 +277,16 @@ class Backfill:
         fields: list[ImageField],
         keyring: DockerConfig | None,
     ) -> list[ImagePlan]:
-        """What admission would plan for the object's images, ImageStreams included."""
-        streams = None
-        if self._streams is not None:
-            group, kind = workload.kind.group, workload.kind.kind
-            streams = await resolve(
-                self._streams,
-                namespace=workload.namespace,
-                fields=fields,
-                triggered=triggered(group, kind, obj, fields, workload.namespace),
-                resolve_all=resolves_all_names(group, kind, obj),
-            )
-        return self._planner.plan(fields, keyring, refresh=False, streams=streams)
+        return await planned(
+            self._planner,
+            self._streams,
+            group=workload.kind.group,
+            kind=workload.kind.kind,
+            namespace=workload.namespace,
+            obj=obj,
+            fields=fields,
+            keyring=keyring,
+        )
 
     async def _image(
         self, plan: ImagePlan, copy: bool, keyring: DockerConfig | None

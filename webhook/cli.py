@@ -337,6 +337,7 @@ async def _status(args: argparse.Namespace, config: Config) -> int:
             planner=Planner(engine, config.exclude.images),
             exclusions=Exclusions(config.exclude.namespaces),
             namespaces=args.namespaces or (),
+            streams=cluster.stream_names,
         )
     print(status.table(found) if args.output == "table" else status.as_json(found))
     return 0

@@ -24,6 +24,8 @@ import orjson
 from .admission.exclusion import Exclusions
 from .admission.plan import Action, Planner
 from .admission.pods import stored_images
+from .admission.stored import planned
+from .admission.streams import StreamReader
 from .kube.records import ReadyBackup, StreamBackup
 from .kube.workloads import Workloads
 from .reference import Reference
@@ -82,7 +84,9 @@ async def rows(
     planner: Planner,
     exclusions: Exclusions,
     namespaces: Collection[str] = (),
+    streams: StreamReader | None = None,
 ) -> list[Row]:
+    """`streams` None: no ImageStreams (not OpenShift)."""
     backups = _Backups(ready)
     found = []
     for namespace, mode in await workloads.namespaces(namespaces):
@@ -91,9 +95,18 @@ async def rows(
             _, fields = stored_images(workload.kind.group, kind, workload.obj)
             excluded = exclusions.excludes(namespace, workload.annotations)
             name = f"{kind}/{workload.name}"
-            for plan in planner.plan(fields, refresh=False):
+            plans = await planned(
+                planner,
+                streams,
+                group=workload.kind.group,
+                kind=kind,
+                namespace=namespace,
+                obj=workload.obj,
+                fields=fields,
+            )
+            for plan in plans:
                 state, record = UNPROTECTED, None
-                if excluded or plan.action is Action.EXCLUDED:
+                if excluded or plan.action in (Action.EXCLUDED, Action.WAITING):
                     state = EXCLUDED
                 elif plan.action is Action.ALREADY_BACKED_UP:
                     assert plan.source is not None
