@@ -552,6 +552,8 @@ def test_rbac_is_least_privilege(variant: str) -> None:
                 expected |= grant(None, group, resource, "patch")
     if variant == OPENSHIFT:
         expected |= grant(None, "apps.openshift.io", "deploymentconfigs", "list", "patch")
+        # ImageStreams' history, backed up by backfill (list) and the watch; admission's get.
+        expected |= grant(None, "image.openshift.io", "imagestreams", "get", "list", "watch")
     if variant != NO_SECRET_READ:
         expected |= grant(None, "", "secrets", "get")  # workloads' pull secrets, by name
     if variant != CERT_MANAGER:
@@ -564,6 +566,18 @@ def test_rbac_is_least_privilege(variant: str) -> None:
             for verb in ("get", "patch")
         }
     assert grants(render(variant)) == expected
+
+
+def test_on_openshift_imagestreams_are_read_and_watched_cluster_wide() -> None:
+    """Backfill lists them and the Lease holder watches them in every opted-in namespace;
+    admission gets the one a bare name resolves through. Nothing is written to them."""
+    streams = {
+        g for g in grants(render(OPENSHIFT)) if g[1:3] == ("image.openshift.io", "imagestreams")
+    }
+    assert streams == {
+        (None, "image.openshift.io", "imagestreams", verb, None)
+        for verb in ("get", "list", "watch")
+    }
 
 
 def test_leases_are_granted_in_the_own_namespace_only(variant: str) -> None:

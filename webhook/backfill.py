@@ -43,31 +43,36 @@ import msgspec
 from .admission.exclusion import Exclusions
 from .admission.notices import Notices
 from .admission.objects import KubeObject
-from .admission.plan import Action, ImagePlan, Planner, not_backed_up, reason
+from .admission.plan import Action, ImagePlan, Planner, not_backed_up
 from .admission.pods import ImageField, pull_identity, stored_images
 from .admission.stored import planned
 from .admission.streams import StreamReader
 from .config import Config
 from .events import event_message
+from .imagestreams import HistoryBackup
+from .imagestreams import Summary as StreamSummary
 from .kube.client import KubeError
 from .kube.events import InvolvedObject
 from .kube.pullsecrets import PullCredentials
 from .kube.workloads import Workload, Workloads
 from .metrics import Metrics
-from .registry.copy import CopyEngine, CopyResult
+from .outcomes import (
+    BACKED_UP,
+    COPIED,
+    EXCLUDED,
+    FAILED,
+    OUTCOMES,
+    PROTECTED,
+    WOULD_BACK_UP,
+    counted,
+    decide,
+)
+from .registry.copy import CopyEngine
 from .registry.credentials import DockerConfig
 from .text import quoted
 
 log = logging.getLogger("image_backup.backfill")
 
-# What became of each image, as the summary and the metrics count it.
-COPIED = "copied"  # backed up by this pass
-BACKED_UP = "backed_up"  # a backup exists; the workload does not run from it (yet)
-WOULD_BACK_UP = "would_back_up"  # audit or dry run: enforce would copy it
-PROTECTED = "protected"  # the workload runs from a backup already
-EXCLUDED = "excluded"
-FAILED = "failed"
-OUTCOMES = (COPIED, BACKED_UP, WOULD_BACK_UP, PROTECTED, EXCLUDED, FAILED)
 # Set on a workload the pass rewrites: the update that makes the webhook rewrite it.
 BACKFILLED = "image-backup.io/backfilled"
 # A Job's pod template cannot change once created: the API server refuses the update.
@@ -93,6 +98,7 @@ class Summary:
     by_namespace: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # "NS/Kind/name: image: reason"
     rewritten: list[str] = field(default_factory=list)  # "NS/Kind/name"
+    streams: StreamSummary | None = None  # the ImageStream pass, where the API has them
 
     def count(self, namespace: str, outcome: str, images: int = 1) -> None:
         self.images[outcome] += images
@@ -116,13 +122,17 @@ class Summary:
     def from_json(cls, raw: bytes) -> Summary:
         return msgspec.json.decode(raw, type=cls, dec_hook=_counts)
 
+    def every_failure(self) -> list[str]:
+        """The workloads' images' and the ImageStream items' that failed."""
+        return [*self.failures, *(self.streams.failures if self.streams is not None else ())]
+
     def lines(self) -> list[str]:
-        counts = ", ".join(f"{self.images[o]} {o.replace('_', ' ')}" for o in OUTCOMES)
         return [
             f"{self.namespaces} namespaces, {self.workloads} workloads, "
-            f"{sum(self.images.values())} images: {counts}",
+            f"{sum(self.images.values())} images: {counted(self.images)}",
             *(f"rewritten: {workload}" for workload in self.rewritten),
             *(f"failed: {failure}" for failure in self.failures),
+            *(self.streams.lines() if self.streams is not None else ()),
         ]
 
 
@@ -143,14 +153,17 @@ class Backfill:
         pull: PullCredentials | None = None,
         notices: Notices | None = None,
         streams: StreamReader | None = None,
+        histories: HistoryBackup | None = None,
     ) -> None:
         """`pull` None: every workload gets the configured credentials; `notices` None:
-        no Kubernetes Events; `streams` None: no ImageStreams (not OpenShift)."""
+        no Kubernetes Events; `streams` None: no ImageStreams (not OpenShift);
+        `histories`: also a pass over ImageStreams' histories, where the API has them."""
         self._engine = engine
         self._streams = streams
         self._workloads = workloads
         self._pull = pull
         self._notices = notices
+        self._histories = histories
         self._planner = Planner(engine, config.exclude.images)
         self._exclusions = Exclusions(config.exclude.namespaces)
         self._copy_timeout = config.copy_settings.timeout_seconds
@@ -200,6 +213,8 @@ class Backfill:
             if index:  # each rewrite rolls a workload out: at most rewritesPerMinute
                 await asyncio.sleep(self._rewrite_spacing)
             await self._rewrite_one(workload, summary)
+        if self._histories is not None and await self._histories.available():
+            summary.streams = await self._histories.run(namespaces=namespaces, dry_run=dry_run)
         return summary
 
     async def _rewrite_one(self, workload: Workload, summary: Summary) -> None:
@@ -292,33 +307,15 @@ class Backfill:
         self, plan: ImagePlan, copy: bool, keyring: DockerConfig | None
     ) -> tuple[str, str]:
         """(outcome, the backup or why it failed) of one image."""
-        if plan.action in (Action.EXCLUDED, Action.WAITING):
-            return EXCLUDED, ""
-        if plan.action is Action.ALREADY_BACKED_UP:
-            return PROTECTED, ""
-        if plan.action is Action.INVALID:
-            return FAILED, plan.problem or ""
-        if plan.action is Action.REWRITE:
-            assert plan.backup is not None
-            return BACKED_UP, str(plan.backup.backup)
-        assert plan.source is not None
-        deadline = time.monotonic() + self._copy_timeout
-        try:
-            result: CopyResult | None
-            if copy:
-                async with self._copies:
-                    result = await self._engine.backup(
-                        plan.source, deadline=deadline, keyring=keyring
-                    )
-            else:
-                result = await self._engine.lookup(plan.source, deadline=deadline, keyring=keyring)
-        except Exception as exc:  # every failure is the image's, reported: the pass goes on
-            return FAILED, reason(exc)
-        if result is None:
-            return WOULD_BACK_UP, ""
-        if copy and not result.already_backed_up:
-            return COPIED, str(result.backup)
-        return BACKED_UP, str(result.backup)
+        outcome, detail, _ = await decide(
+            self._engine,
+            plan,
+            copy=copy,
+            keyring=keyring,
+            copies=self._copies,
+            seconds=self._copy_timeout,
+        )
+        return outcome, detail
 
 
 async def keep_backfilling(
@@ -338,6 +335,8 @@ async def keep_backfilling(
             metrics.backfill_passes.labels("completed").inc()
             metrics.backfill_rewrites.inc(len(summary.rewritten))
             summary.export(metrics)
+            for outcome, items in (summary.streams.items if summary.streams else {}).items():
+                metrics.stream_items.labels(outcome).inc(items)
             counts = {outcome: str(summary.images[outcome]) for outcome in OUTCOMES}
             log.info(
                 event_message(
@@ -349,7 +348,7 @@ async def keep_backfilling(
                     **counts,
                 )
             )
-            for failure in summary.failures:
+            for failure in summary.every_failure():
                 log.warning(event_message("backfill_image_failed", failure=failure))
         metrics.backfill_seconds.observe(time.monotonic() - started)
         await asyncio.sleep(interval)

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
     from .cluster import Cluster
     from .config import Config, Server
+    from .imagestreams import HistoryBackup
     from .metrics import Metrics
     from .reference import Reference
     from .registry.client import Repository
+    from .registry.copy import CopyEngine
     from .tls import ReloadingCertificate
 
 EXIT_FAILED = 1
@@ -199,7 +201,7 @@ async def _serve_with(
                 streams=cluster.stream_names if cluster is not None else None,
             )
             try:
-                async with _backfilling(config, config_files, cluster, metrics):
+                async with _backfilling(config, config_files, cluster, engine, metrics):
                     await serve(reviewer, metrics, certificate, settings=settings)
             finally:
                 reviewer.flush_records()
@@ -207,10 +209,15 @@ async def _serve_with(
 
 @contextlib.asynccontextmanager
 async def _backfilling(
-    config: Config, config_files: Sequence[str], cluster: Cluster | None, metrics: Metrics
+    config: Config,
+    config_files: Sequence[str],
+    cluster: Cluster | None,
+    engine: CopyEngine,
+    metrics: Metrics,
 ) -> AsyncIterator[None]:
     """Backfill passes in the background, on the replica holding the Lease, while serving:
-    each an `image-backup backfill` process with the same configuration."""
+    each an `image-backup backfill` process with the same configuration; and, where the
+    API serves ImageStreams, their watch (its copies are few, and share the engine)."""
     interval = config.backfill.interval_seconds
     if cluster is None or interval <= 0:
         yield
@@ -219,16 +226,21 @@ async def _backfilling(
     import functools
 
     from .backfill import keep_backfilling, pass_in_a_process
+    from .imagestreams import keep_watching
 
     argv = [sys.executable, "-m", "webhook", "backfill", "--output", "json"]
     argv += [argument for path in config_files for argument in ("--config", path)]
     # Its own name for the ImageBackup records: it copies beside this process, not as it.
     env = {**os.environ, "POD_NAME": f"{cluster.backfill_lease.holder}-backfill"}
     run_pass = functools.partial(pass_in_a_process, argv, env)
-    passes = asyncio.create_task(
-        cluster.backfill_lease.run(lambda: keep_backfilling(run_pass, metrics, interval=interval)),
-        name="backfill",
-    )
+    histories = _history_backup(engine, cluster, config, metrics)
+
+    async def lead() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(keep_backfilling(run_pass, metrics, interval=interval))
+            group.create_task(keep_watching(histories, cluster.image_streams, cluster.workloads))
+
+    passes = asyncio.create_task(cluster.backfill_lease.run(lead), name="backfill")
     try:
         yield
     finally:
@@ -303,6 +315,7 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
             pull=cluster.pull,
             notices=cluster.events,
             streams=cluster.stream_names,
+            histories=_history_backup(engine, cluster, config),
         )
         with _counter("workloads") as done:
             summary = await backfill.run(
@@ -315,7 +328,44 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.buffer.write(summary.to_json() + b"\n")
     else:
         print("\n".join(summary.lines()))
+    return EXIT_FAILED if summary.every_failure() else 0
+
+
+async def _imagestreams(args: argparse.Namespace, config: Config) -> int:
+    """One pass over the opted-in namespaces' ImageStreams: every tag's history."""
+    from .engine import open_engine
+    from .kube.client import KubeError
+    from .metrics import Metrics
+
+    async with (
+        _cluster(config, Metrics(), "imagestreams") as cluster,
+        open_engine(config, coordinator=cluster.coordinator) as engine,
+    ):
+        histories = _history_backup(engine, cluster, config)
+        if not await histories.available():
+            raise KubeError("imagestreams: the API serves no ImageStreams (not OpenShift)")
+        summary = await histories.run(namespaces=args.namespaces or (), dry_run=args.dry_run)
+    if args.output == "json":
+        sys.stdout.buffer.write(summary.to_json() + b"\n")
+    else:
+        print("\n".join(summary.lines()))
     return EXIT_FAILED if summary.failures else 0
+
+
+def _history_backup(
+    engine: CopyEngine, cluster: Cluster, config: Config, metrics: Metrics | None = None
+) -> HistoryBackup:
+    from .imagestreams import HistoryBackup
+
+    return HistoryBackup(
+        engine,
+        cluster.image_streams,
+        cluster.workloads,
+        config,
+        pull=cluster.pull,
+        records=cluster.records,
+        metrics=metrics,
+    )
 
 
 async def _status(args: argparse.Namespace, config: Config) -> int:
@@ -593,6 +643,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     backfill.set_defaults(command=_backfill)
+
+    imagestreams = commands.add_parser(
+        "imagestreams",
+        help="back up every ImageStream tag, with its history, in opted-in namespaces (OpenShift)",
+    )
+    _add_namespaces(imagestreams)
+    imagestreams.add_argument(
+        "--dry-run", action="store_true", help="copy nothing: say what would be backed up"
+    )
+    imagestreams.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="the summary's form"
+    )
+    imagestreams.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
+    imagestreams.set_defaults(command=_imagestreams)
 
     status = commands.add_parser(
         "status", help="which running images are protected by a backup, and which are not"

@@ -135,6 +135,14 @@ class Metrics:
             "Workloads a backfill pass updated to run from their backups.",
             registry=self.registry,
         )
+        self.stream_items = Counter(
+            "image_backup_imagestream_items_total",
+            "ImageStream history items decided, by outcome (copied, backed_up, would_back_up, "
+            "protected, excluded, failed): by each backfill pass, and by the ImageStream watch "
+            "for the items it had not decided yet.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.coordinated = Counter(
             "image_backup_coordinated_copies_total",
             "Copies needed by this replica, by who made them (ImageBackup records).",

@@ -133,24 +133,40 @@ def raw_request(
     """The raw answer to one request (a body is sent as a merge patch), for callers that
     decode it with msgspec: the client's models would build every field of every object.
     Blocking: run it on a thread."""
+    with translated(api, doing):
+        data: bytes = open_request(api, method, path, query, body=body, timeout=timeout).data
+    return data
+
+
+def open_request(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    query: list[tuple[str, Any]],
+    *,
+    body: object = None,
+    timeout: float | tuple[float, float] = TIMEOUT_SECONDS,
+) -> urllib3.BaseHTTPResponse:
+    """The answer to one request, its body not read yet (a watch streams it); an answer that
+    is not a success raises the client's ApiException. `timeout`: in all, or (to connect,
+    between reads). Blocking; call it in `translated`."""
     headers = {"Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = MERGE_PATCH
-    with translated(api, doing):
-        method, url, headers, body, post = api.param_serialize(
-            method,
-            path,
-            query_params=query,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = api.call_api(method, url, headers, body, post, _request_timeout=timeout)
-        # Read through the response, so the error below keeps the API server's Status message.
-        data: bytes = response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status <= 299:
-            raise client.ApiException(http_resp=response)
-    return data
+    method, url, headers, body, post = api.param_serialize(
+        method,
+        path,
+        query_params=query,
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, headers, body, post, _request_timeout=timeout)
+    if not 200 <= response.status <= 299:
+        response.read()  # type: ignore[no-untyped-call]  # the error's body, for its message
+        raise client.ApiException(http_resp=response)
+    answer: urllib3.BaseHTTPResponse = response.response
+    return answer
 
 
 async def serves(api: client.ApiClient, prefix: str) -> bool:

@@ -6,20 +6,40 @@ external image, another ImageStream tag, or pushes to the internal registry);
 the later items its history), each item a digest reference to the image's actual location
 (``dockerImageReference``). A tag whose import is pending or failed has no items, and its
 ``conditions`` say why. Objects are decoded with msgspec into these fields only.
+
+Changes are watched cluster-wide (``watch``) as client-go's reflectors do: from the
+resourceVersion of a list, for a bounded time, the stream's events decoded as they come.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
+import urllib3
 from kubernetes import client
+from kubernetes.watch.watch import iter_resp_lines
 
 from ..registry.cache import ExpiringCache
 from ..registry.flight import SingleFlight
-from .client import PAGE_SIZE, KubeError, ListMeta, decoded, listing, raw_request, serves
+from ..text import one_line
+from .client import (
+    PAGE_SIZE,
+    TIMEOUT_SECONDS,
+    KubeError,
+    ListMeta,
+    decoded,
+    listing,
+    open_request,
+    raw_request,
+    serves,
+    translated,
+)
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 PREFIX = f"/apis/{GROUP}/{VERSION}"
@@ -29,6 +49,9 @@ READ_TIMEOUT_SECONDS = 5.0
 FORBIDDEN_PAUSE = 600.0  # after a 403, the same answer for this long without asking
 MAX_STREAMS = 4096
 STREAM_CACHE_BYTES = 16 << 20
+# Events read from a watch and not yet taken by its consumer: the reading thread waits for
+# room, so a slow consumer holds the stream back instead of piling ImageStreams up.
+WATCH_BUFFER = 16
 
 
 class ObjectReference(msgspec.Struct, gc=False, frozen=True):
@@ -131,6 +154,20 @@ class _Page(msgspec.Struct, gc=False):
     items: list[ImageStream] = []
 
 
+class _Status(msgspec.Struct, gc=False, frozen=True):
+    message: str = ""
+    reason: str = ""
+    code: int = 0
+
+
+class _Event(msgspec.Struct, gc=False, frozen=True):
+    type: str
+    object: msgspec.Raw
+
+
+_END = object()  # the watch's stream ended
+
+
 class ImageStreams:
     """Reads ImageStreams through the API server, on threads (the client is synchronous)."""
 
@@ -140,6 +177,8 @@ class ImageStreams:
         self._available: bool | None = None
         self._pages = msgspec.json.Decoder(_Page)
         self._streams = msgspec.json.Decoder(ImageStream)
+        self._events = msgspec.json.Decoder(_Event)
+        self._statuses = msgspec.json.Decoder(_Status)
 
     async def available(self) -> bool:
         """Whether the API serves ImageStreams (an OpenShift cluster); asked once."""
@@ -175,6 +214,90 @@ class ImageStreams:
         async for page in listing(self._api, path, doing, self._pages, page_size=self._page_size):
             for stream in page.items:
                 yield stream
+
+    async def everywhere(self) -> AsyncIterator[tuple[list[ImageStream], str]]:
+        """Every ImageStream of the cluster, a page at a time, each page with the
+        resourceVersion of its list: a watch from the last one misses no later change."""
+        path, doing = f"{PREFIX}/{PLURAL}", "listing ImageStreams"
+        async for page in listing(self._api, path, doing, self._pages, page_size=self._page_size):
+            yield page.items, page.metadata.resourceVersion if page.metadata else ""
+
+    async def watch(
+        self, resource_version: str, *, timeout_seconds: int
+    ) -> AsyncIterator[tuple[str, ImageStream]]:
+        """(ADDED, MODIFIED or DELETED, the ImageStream) for each change after
+        `resource_version`, cluster-wide, until the API server ends the stream (after
+        `timeout_seconds`). A resourceVersion the API server no longer has raises
+        KubeError with status 410: list again."""
+        doing = "watching ImageStreams"
+        query: list[tuple[str, Any]] = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "false"),
+            ("timeoutSeconds", timeout_seconds),
+        ]
+        timeout = (TIMEOUT_SECONDS, timeout_seconds + TIMEOUT_SECONDS)
+
+        def start() -> urllib3.BaseHTTPResponse:
+            with translated(self._api, doing):
+                return open_request(self._api, "GET", f"{PREFIX}/{PLURAL}", query, timeout=timeout)
+
+        response = await asyncio.to_thread(start)
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[object] = asyncio.Queue()
+        room = threading.Semaphore(WATCH_BUFFER)
+        stopped = threading.Event()
+
+        def hand(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
+                loop.call_soon_threadsafe(lines.put_nowait, item)
+
+        def read() -> None:
+            """On a thread of its own: the stream's lines, as the consumer makes room."""
+            try:
+                with translated(self._api, doing):
+                    for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                        while not room.acquire(timeout=0.5):
+                            if stopped.is_set():
+                                return
+                        if stopped.is_set():
+                            return
+                        hand(line)
+            except Exception as exc:  # the consumer shut the stream, or it broke
+                if not stopped.is_set():
+                    hand(
+                        exc
+                        if isinstance(exc, KubeError)
+                        else KubeError(f"{doing}: {one_line(str(exc))}")
+                    )
+            finally:
+                response.close()
+            hand(_END)
+
+        reader = threading.Thread(target=read, name="imagestreams-watch", daemon=True)
+        reader.start()
+        try:
+            while (line := await lines.get()) is not _END:
+                room.release()
+                if isinstance(line, KubeError):
+                    raise line
+                assert isinstance(line, str)
+                if line.strip():
+                    yield self._event(line, doing)
+        finally:
+            stopped.set()
+            # The reading thread's read returns at once, and it closes the response (closing
+            # it here would wait for that read).
+            with contextlib.suppress(ValueError, RuntimeError, OSError):  # ended already
+                response.shutdown()
+
+    def _event(self, line: str, doing: str) -> tuple[str, ImageStream]:
+        event: _Event = decoded(line.encode(), self._events, doing)
+        if event.type == "ERROR":
+            status: _Status = decoded(bytes(event.object), self._statuses, doing)
+            raise KubeError(f"{doing}: {status.code} {status.message}", status.code, status.reason)
+        stream: ImageStream = decoded(bytes(event.object), self._streams, doing)
+        return event.type, stream
 
 
 class StreamLookup:
