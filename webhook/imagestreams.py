@@ -41,6 +41,7 @@ import msgspec
 from .admission.exclusion import Exclusions
 from .admission.plan import Planner
 from .admission.pods import ImageField
+from .admission.streams import located_tag
 from .config import Config
 from .events import Throttle, event_message
 from .kube.client import KubeError
@@ -122,7 +123,7 @@ def history(stream: ImageStream) -> list[Item]:
             location = _repository_of(event.dockerImageReference)
             source = None
             if location is not None:
-                tag = _current_tag(stream, named.tag, location) if i == 0 else None
+                tag = located_tag(stream, named.tag, location.with_tag(None)) if i == 0 else None
                 digest = location.digest or event.image
                 source = Reference(location.registry, location.repository, tag, digest)
             located.append(
@@ -148,29 +149,6 @@ def history(stream: ImageStream) -> list[Item]:
 
 def _image_key(source: Reference) -> tuple[str, str, str | None]:
     return source.registry, source.repository, source.digest
-
-
-def _current_tag(stream: ImageStream, tag: str, location: Reference) -> str | None:
-    """The backup repository's tag for the tag's current image: the location's own tag.
-    That of the ``DockerImage`` it is imported from, when the image is there; the tag's
-    name, when the image was pushed to the internal registry; else none (digest only)."""
-    origin = stream.spec_tag(tag)
-    pulled = _repository_of(origin.from_.name) if origin and origin.from_ else None
-    if (
-        origin
-        and origin.from_
-        and origin.from_.kind == "DockerImage"
-        and pulled
-        and (pulled.registry, pulled.repository) == (location.registry, location.repository)
-    ):
-        return pulled.tag
-    internal = _repository_of(stream.status.dockerImageRepository)
-    if internal and (internal.registry, internal.repository) == (
-        location.registry,
-        location.repository,
-    ):
-        return tag
-    return None
 
 
 def _repository_of(text: str) -> Reference | None:
