@@ -40,10 +40,9 @@ from typing import Any
 
 import msgspec
 
-from .admission.exclusion import Exclusions
 from .admission.notices import Notices
 from .admission.objects import KubeObject
-from .admission.plan import Action, ImagePlan, Planner, not_backed_up
+from .admission.plan import Action, ImagePlan, not_backed_up
 from .admission.pods import ImageField, pull_identity, stored_images
 from .admission.stored import planned
 from .admission.streams import StreamReader
@@ -64,8 +63,8 @@ from .outcomes import (
     OUTCOMES,
     PROTECTED,
     WOULD_BACK_UP,
+    Decider,
     counted,
-    decide,
 )
 from .registry.copy import CopyEngine
 from .registry.credentials import DockerConfig
@@ -158,22 +157,12 @@ class Backfill:
         """`pull` None: every workload gets the configured credentials; `notices` None:
         no Kubernetes Events; `streams` None: no ImageStreams (not OpenShift);
         `histories`: also a pass over ImageStreams' histories, where the API has them."""
-        self._engine = engine
         self._streams = streams
         self._workloads = workloads
         self._pull = pull
         self._notices = notices
         self._histories = histories
-        self._planner = Planner(engine, config.exclude.images)
-        self._exclusions = Exclusions(config.exclude.namespaces)
-        self._copy_timeout = config.copy_settings.timeout_seconds
-        concurrency = config.copy_settings.concurrency
-        # Workloads decided at once: enough to keep the pass's copies busy, few enough that
-        # a namespace of thousands is never all in memory.
-        self._in_flight = 2 * concurrency
-        # Images the pass copies at once: half of copy.concurrency. A pass is background
-        # work; the registries it shares with admissions keep room for theirs.
-        self._copies = asyncio.Semaphore(max(1, concurrency // 2))
+        self._decider = Decider(engine, config)
         settings = config.backfill
         self._rewrite = settings.rewrite
         self._rewrite_spacing = 60.0 / settings.rewrites_per_minute
@@ -189,7 +178,7 @@ class Backfill:
         """One pass over the opted-in namespaces (`namespaces`: only these); `rewrite`
         overrides backfill.rewrite; `done` is called after each workload (a progress bar)."""
         summary = Summary()
-        slots = asyncio.Semaphore(self._in_flight)
+        slots = asyncio.Semaphore(self._decider.in_flight)
         rewrites: list[Workload] = []
         rewriting = (self._rewrite if rewrite is None else rewrite) and not dry_run
 
@@ -250,7 +239,7 @@ class Backfill:
         spec, fields = stored_images(workload.kind.group, kind, workload.obj)
         if spec is None or not fields:
             return False
-        if self._exclusions.excludes(workload.namespace, workload.annotations):
+        if self._decider.exclusions.excludes(workload.namespace, workload.annotations):
             summary.count(workload.namespace, EXCLUDED, len(fields))
             return False
         keyring = None
@@ -293,7 +282,7 @@ class Backfill:
         keyring: DockerConfig | None,
     ) -> list[ImagePlan]:
         return await planned(
-            self._planner,
+            self._decider.planner,
             self._streams,
             group=workload.kind.group,
             kind=workload.kind.kind,
@@ -307,14 +296,7 @@ class Backfill:
         self, plan: ImagePlan, copy: bool, keyring: DockerConfig | None
     ) -> tuple[str, str]:
         """(outcome, the backup or why it failed) of one image."""
-        outcome, detail, _ = await decide(
-            self._engine,
-            plan,
-            copy=copy,
-            keyring=keyring,
-            copies=self._copies,
-            seconds=self._copy_timeout,
-        )
+        outcome, detail, _ = await self._decider.decide(plan, copy=copy, keyring=keyring)
         return outcome, detail
 
 

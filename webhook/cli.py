@@ -628,13 +628,7 @@ def _parser() -> argparse.ArgumentParser:
         "backfill",
         help="back up the images of the workloads already running in opted-in namespaces",
     )
-    _add_namespaces(backfill)
-    backfill.add_argument(
-        "--dry-run", action="store_true", help="copy nothing: say what would be backed up"
-    )
-    backfill.add_argument(
-        "-o", "--output", choices=["text", "json"], default="text", help="the summary's form"
-    )
+    _add_pass_options(backfill)
     backfill.add_argument(
         "--rewrite",
         action="store_true",
@@ -648,13 +642,7 @@ def _parser() -> argparse.ArgumentParser:
         "imagestreams",
         help="back up every ImageStream tag, with its history, in opted-in namespaces (OpenShift)",
     )
-    _add_namespaces(imagestreams)
-    imagestreams.add_argument(
-        "--dry-run", action="store_true", help="copy nothing: say what would be backed up"
-    )
-    imagestreams.add_argument(
-        "-o", "--output", choices=["text", "json"], default="text", help="the summary's form"
-    )
+    _add_pass_options(imagestreams)
     imagestreams.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     imagestreams.set_defaults(command=_imagestreams)
 
@@ -674,6 +662,17 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     status.set_defaults(command=_status)
     return parser
+
+
+def _add_pass_options(parser: argparse.ArgumentParser) -> None:
+    """What a pass (backfill, imagestreams) is given: where, whether to copy, its summary."""
+    _add_namespaces(parser)
+    parser.add_argument(
+        "--dry-run", action="store_true", help="copy nothing: say what would be backed up"
+    )
+    parser.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="the summary's form"
+    )
 
 
 def _add_namespaces(parser: argparse._ActionsContainer) -> None:

@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from .admission.exclusion import Exclusions
-from .admission.plan import Planner
 from .admission.pods import ImageField
 from .admission.streams import located_tag
 from .config import Config
@@ -50,7 +48,7 @@ from .kube.pullsecrets import PullCredentials
 from .kube.records import BackupRecords, StreamTag
 from .kube.workloads import Workloads
 from .metrics import Metrics
-from .outcomes import COPIED, EXCLUDED, FAILED, counted, decide
+from .outcomes import COPIED, EXCLUDED, FAILED, Decider, counted
 from .reference import InvalidReference, Reference, parse
 from .registry.cache import ExpiringCache, footprint
 from .registry.copy import CopyEngine, CopyResult
@@ -175,19 +173,13 @@ class HistoryBackup:
     ) -> None:
         """`pull` None: the configured credentials only; `records` None: no ImageBackup
         records; `metrics` None: items are counted in summaries only."""
-        self._engine = engine
         self._streams = streams
         self._workloads = workloads
         self._pull = pull
         self._records = records
         self._metrics = metrics
-        self._planner = Planner(engine, config.exclude.images)
-        self._exclusions = Exclusions(config.exclude.namespaces)
-        self._copy_timeout = config.copy_settings.timeout_seconds
-        concurrency = config.copy_settings.concurrency
-        self.in_flight = 2 * concurrency  # ImageStreams decided at once
-        # Background work, as backfill's: half of copy.concurrency, the rest for admissions.
-        self._copies = asyncio.Semaphore(max(1, concurrency // 2))
+        self._decider = Decider(engine, config)
+        self.in_flight = self._decider.in_flight  # ImageStreams decided at once
         self._done: ExpiringCache[tuple[Item, bool], None] = ExpiringCache(
             REMEMBERED, max_bytes=REMEMBERED_BYTES, weigh=footprint
         )
@@ -231,7 +223,7 @@ class HistoryBackup:
         items = [item for item in history(stream) if self._done.get((item, copy)) is None]
         if not items:
             return
-        if self._exclusions.excludes(stream.namespace, stream.metadata.annotations):
+        if self._decider.exclusions.excludes(stream.namespace, stream.metadata.annotations):
             outcomes = [(EXCLUDED, "")] * len(items)
         else:
             keyring = None
@@ -254,15 +246,8 @@ class HistoryBackup:
 
     async def _item(self, item: Item, copy: bool, keyring: DockerConfig | None) -> tuple[str, str]:
         field = ImageField(item.pointer, item.where, item.image)
-        [plan] = self._planner.plan([field], keyring, refresh=False)
-        outcome, detail, result = await decide(
-            self._engine,
-            plan,
-            copy=copy,
-            keyring=keyring,
-            copies=self._copies,
-            seconds=self._copy_timeout,
-        )
+        [plan] = self._decider.planner.plan([field], keyring, refresh=False)
+        outcome, detail, result = await self._decider.decide(plan, copy=copy, keyring=keyring)
         if copy and result is not None and item.tags:
             await self._note(result, item.tags)
         if outcome == COPIED:
