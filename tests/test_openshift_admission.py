@@ -16,8 +16,9 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -128,10 +129,14 @@ def config_for(stand: Stand, backup: Registry, hub: Registry | None = None, **ex
 
 
 @asynccontextmanager
-async def reviewer(config: Config) -> AsyncIterator[tuple[Admission, Metrics]]:
+async def reviewer(
+    config: Config, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[tuple[Admission, Metrics]]:
+    """The reviewer, reading ImageStreams from the fake API server; `clock`: the stream
+    cache's."""
     metrics = Metrics()
     with api_client() as api:
-        lookup = StreamLookup(ImageStreams(api), ttl=10)
+        lookup = StreamLookup(ImageStreams(api), ttl=10, clock=clock)
         async with open_engine(config) as engine:
             yield Admission(engine, config, metrics, streams=lookup), metrics
 
@@ -600,3 +605,39 @@ def test_backfill_and_status_decide_as_admission_does(
         ("Deployment/web", "backed-up", f"{basic_registry.host}/{repo}:v1@{current}"),
         ("DeploymentConfig/dc-trig", "excluded", ""),
     }
+
+
+async def test_a_tag_moved_back_to_an_earlier_image_is_moved_back_in_the_backup_too(
+    stand: Stand, openshift_kube: FakeKube, basic_registry: Registry
+) -> None:
+    """The tag goes v1 -> newer -> v1 again upstream; each time the trigger writes the
+    stream's current image, the backup repository's tag follows, also back to an image the
+    webhook had already backed up (and remembers)."""
+    stream = stream_object(stand)
+    openshift_kube.store.create(IMAGE_STREAMS, NAMESPACE, stream)
+    first, newer = stand.pushed["samples/app:v1"].digest, stand.pushed["samples/app:old"].digest
+    update = openshift_sample("deploymentconfig-update-by-image-trigger", stand)
+    repo = ""
+
+    def point_tag_at(digest: str) -> None:
+        current = openshift_kube.store.get(IMAGE_STREAMS, NAMESPACE, "app")
+        items = current["status"]["tags"][0]["items"]
+        reference = f"{stand.registry.host}/samples/app@{digest}"
+        items.insert(0, {**items[0], "dockerImageReference": reference, "image": digest})
+        openshift_kube.store.replace(IMAGE_STREAMS, NAMESPACE, "app", current)
+
+    now = [0.0]
+    async with reviewer(config_for(stand, basic_registry), lambda: now[0]) as (webhook, _):
+        for step, digest in enumerate((first, newer, first)):
+            if step:
+                point_tag_at(digest)
+                now[0] += 1000  # the stream as it is now, not as remembered
+            written = copy.deepcopy(update)
+            written["request"]["uid"] = f"step-{step}"
+            image = f"{stand.registry.host}/samples/app@{digest}"
+            containers(written["request"]["object"])[0]["image"] = image
+            response = await review(webhook, written)
+            (container,) = containers(patched(written, response))
+            assert container["image"].endswith(f"/samples/app:v1@{digest}"), step
+            repo = backup_repo_of(container["image"])
+            assert skopeo.inspect_raw_digest(basic_registry, f"{repo}:v1") == digest, step

@@ -177,6 +177,12 @@ class CopyEngine:
         self._progress = progress
         self._clock = clock
         self._known = KnownBlobs()
+        # The digest this process last set each backup tag to. An image named by tag and
+        # digest (an ImageStream tag's current image) is remembered for good, but a tag moved
+        # back to it must be set again: such a backup is trusted only while its tag is there.
+        self._tagged: ExpiringCache[tuple[Repository, str], str] = ExpiringCache(
+            cache_entries, clock, max_bytes=cache_bytes // 4, weigh=footprint
+        )
         self._trees: SingleFlight[tuple[str, Repository], _Tree] = SingleFlight()
         self._blobs: SingleFlight[tuple[str, Repository], BlobOutcome] = SingleFlight()
         self._rechecks: SingleFlight[ResultKey, None] = SingleFlight()
@@ -224,7 +230,7 @@ class CopyEngine:
         """
         key = self._result_key(source, target, source.tag, keyring)
         hit = self._results.get(key)
-        if hit is None:
+        if hit is None or not self._tag_holds(key):
             return None
         entry, gone_at = hit
         if gone_at is None:  # a digest's backup: it cannot change
@@ -334,7 +340,7 @@ class CopyEngine:
         source with `keyring`'s credentials (default: the configured ones)."""
         key = self._result_key(source, target, tag, keyring)
         hit = self._results.get(key)
-        if hit is not None and self._clock() < hit[0].fresh_until:
+        if hit is not None and self._clock() < hit[0].fresh_until and self._tag_holds(key):
             return hit[0].result
         # Past its lifetime or missing: ask the registries again rather than trust memory.
         # Callers asking at once with the same source credential (a controller's Pods, the
@@ -363,9 +369,19 @@ class CopyEngine:
         )
         if tag:
             await self._ensure_tag(target, tag, digest, tree.manifest, deadline)
+            self._tagged.put((target, tag), digest, None)
         result = CopyResult(source, backup, tree.stats, already_backed_up=tree.manifest is None)
         self._remember(key, replace(result, from_cache=True), digest_only=bool(source.digest))
         return result
+
+    def _tag_holds(self, key: ResultKey) -> bool:
+        """Whether a remembered backup of an image named by tag and digest still has its tag
+        there, as far as this process set it (always true for other backups)."""
+        source, target, tag, _ = key
+        if tag is None or source.digest is None:
+            return True
+        set_to = self._tagged.get((target, tag))
+        return set_to is not None and set_to[0] == source.digest
 
     def _remember(self, key: ResultKey, result: CopyResult, *, digest_only: bool) -> None:
         if digest_only:
