@@ -60,6 +60,9 @@ class ReadyBackup:
     source: str = ""  # the reference that was backed up, as workloads named it
     backup: str = ""  # the pinned backup reference
     since: str = ""  # when it was first used (RFC 3339), "" if not recorded
+    # Namespaces whose pull credentials were shown to read the source (status.readBy): the
+    # only ones a backup of a private source may be given to without the source.
+    read_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +252,7 @@ class BackupRecords:
                         spec.get("source") or "",
                         backup,
                         status.get("firstUsed") or "",
+                        tuple(status.get("readBy") or ()),
                     )
                 )
         return backups
