@@ -199,6 +199,7 @@ async def _serve_with(
                 notices=cluster.events if cluster is not None else None,
                 uses=cluster.records if cluster is not None else None,
                 streams=cluster.stream_names if cluster is not None else None,
+                recorded=cluster.records if cluster is not None else None,
             )
             try:
                 async with _backfilling(config, config_files, cluster, engine, metrics):

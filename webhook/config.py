@@ -85,6 +85,8 @@ class SourceRegistry(_Section, frozen=True):
     insecure: bool = False
     ca_file: str | None = None
     token_file: str | None = None  # may appear later: a projected token is mounted at start
+    # Anyone may pull from it: its backups may be given to any namespace when it is gone.
+    public: bool = False
 
     def __post_init__(self) -> None:
         _registry_host(self.host)
@@ -187,6 +189,7 @@ class Config(_Section, frozen=True):
     records: Records = msgspec.field(default_factory=Records)
     admission_budget_seconds: Seconds = 25.0
     on_failure: Literal["deny", "allow"] = "deny"
+    fallback: Literal["backup", "deny"] = "backup"  # when a source cannot be read
     exclude: Exclude = msgspec.field(default_factory=Exclude)
     backfill: BackfillSettings = msgspec.field(default_factory=BackfillSettings)
 
@@ -195,6 +198,10 @@ class Config(_Section, frozen=True):
         duplicates = sorted({h for h in hosts if hosts.count(h) > 1})
         if duplicates:
             raise Invalid(f"host listed more than once: {', '.join(duplicates)}", "registries")
+
+    def public_registries(self) -> frozenset[str]:
+        """Source registries marked public: anyone may pull from them."""
+        return frozenset(r.host for r in self.registries if r.public)
 
     def endpoints(self) -> list[Endpoint]:
         backup = self.backup_registry

@@ -98,6 +98,12 @@ class Metrics:
             ["result"],  # copied, already_present, failed
             registry=self.registry,
         )
+        self.fallbacks = Counter(
+            "image_backup_fallbacks",
+            "Images admitted from their backup because the source could not be read, by why.",
+            ["reason"],  # not_found, unavailable
+            registry=self.registry,
+        )
         self.copied_bytes = Counter(
             "image_backup_copied_bytes_total",
             "Bytes uploaded into the backup registry.",

@@ -24,8 +24,10 @@ OTHER = "other"
 
 
 class BackupUses(Protocol):
-    def used(self, backup_repo: str, digest: str) -> None:
-        """Note that an admission used this backup; must not block."""
+    def used(self, backup_repo: str, digest: str, namespace: str | None = None) -> None:
+        """Note that an admission in `namespace` used this backup, its credentials having
+        read the source (a copy, or a backup remembered for those credentials); must not
+        block."""
         ...
 
 
@@ -38,6 +40,7 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     would_back_up: list[str] = field(default_factory=list)
     backed_up: list[str] = field(default_factory=list)  # images this admission backed up
+    fell_back: list[str] = field(default_factory=list)  # run from a backup: the source is gone
     used: list[tuple[str, str]] = field(default_factory=list)  # backup repository, digest
     counts: dict[str, int] = field(default_factory=dict)
     cache_hits: int = 0
@@ -177,7 +180,7 @@ class Records:
         for summary, seconds in durations.items():
             if uses is not None:
                 for backup_repo, digest in summary.backups:
-                    uses.used(backup_repo, digest)
+                    uses.used(backup_repo, digest, summary.namespace)
             tally.admitted(summary.tally_key, seconds)
             for what, number in summary.image_counts:
                 tally.images[what] = tally.images.get(what, 0) + number * len(seconds)

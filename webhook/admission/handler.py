@@ -16,9 +16,11 @@ from ..registry.cache import ExpiringCache, footprint
 from ..registry.client import Repository
 from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
+from ..registry.errors import RegistryError
 from ..text import quoted
 from .decisions import BackupUses, Decision, Mode, Outcome, Records
 from .exclusion import Exclusions
+from .fallback import BackupRecordsReader, Fallback, FellBack, gone
 from .notices import Notices, notify
 from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
@@ -37,6 +39,10 @@ from .triggers import StreamTagName, triggered
 
 # Whose pull credentials a pod gets: namespace, ServiceAccount, imagePullSecrets.
 Identity = tuple[str, str, tuple[str, ...]]
+# What became of an image that needed a copy: its backup, a failure, None in a dry run
+# (no backup yet), or the backup run from because its source is gone.
+Found = CopyResult | BaseException | None | FellBack
+FALLBACK_SECONDS = 3.0
 
 
 class PullKeyrings(Protocol):
@@ -70,10 +76,13 @@ class Admission:
         notices: Notices | None = None,
         uses: BackupUses | None = None,
         streams: StreamReader | None = None,
+        recorded: BackupRecordsReader | None = None,
     ) -> None:
         """Without a cluster: `pull` None uses only the configured credentials, `notices`
         None sends no Kubernetes Events, `uses` None records no use of backups; `streams`
-        None: no ImageStreams (not OpenShift), so no name is resolved through one."""
+        None: no ImageStreams (not OpenShift), so no name is resolved through one; `recorded`
+        None: no ImageBackup records to say who may run from a backup (only public sources'
+        backups are given when their source is gone)."""
         self._engine = engine
         self._pull = pull
         self._streams = streams
@@ -84,6 +93,11 @@ class Admission:
         self._allow_on_failure = config.on_failure == "allow"
         self._exclusions = Exclusions(config.exclude.namespaces)
         self._planner = Planner(engine, config.exclude.images)
+        self._fallback = (
+            Fallback(engine, public=config.public_registries(), records=recorded)
+            if config.fallback == "backup"
+            else None
+        )
         self._records = Records(metrics, events, uses)
         self._background: set[asyncio.Task[CopyResult | None]] = set()
         # Controllers create Pod after Pod from one template: the same images, the same
@@ -231,10 +245,12 @@ class Admission:
         plans = self._planner.plan(fields, keyring, refresh=refresh, streams=streams)
         if mode == "audit":
             return self._audit(request, plans, outcome)
-        results = {}
+        results: dict[str, Found] = {}
         if any(plan.action is Action.BACK_UP for plan in plans):
             outcome.from_memory = False
             results = await self._backups(plans, request.dry_run, keyring, deadline)
+            if self._fallback is not None:
+                await self._fall_back(plans, results, request.namespace, deadline)
         for plan in plans:
             self._settle(plan, results.get(plan.field.pointer), request.dry_run, outcome)
         return self._response(
@@ -247,7 +263,7 @@ class Admission:
         dry_run: bool,
         keyring: DockerConfig | None,
         deadline: float,
-    ) -> dict[str, CopyResult | BaseException | None]:
+    ) -> dict[str, Found]:
         """Run the copies (or, in a dry run, the read-only lookups) for images that need them.
 
         Copies still running when the budget ends go on in the background, so a
@@ -271,7 +287,7 @@ class Admission:
                 self._background.add(task)
                 task.add_done_callback(self._finished_in_background)
         await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - time.monotonic()))
-        results: dict[str, CopyResult | BaseException | None] = {}
+        results: dict[str, Found] = {}
         for pointer, task in tasks.items():
             if not task.done():
                 if dry_run:
@@ -282,6 +298,32 @@ class Admission:
             else:
                 results[pointer] = task.exception() or task.result()
         return results
+
+    async def _fall_back(
+        self, plans: list[ImagePlan], results: dict[str, Found], namespace: str, deadline: float
+    ) -> None:
+        """In `results`, the backups to run from for the sources that are gone."""
+        assert self._fallback is not None
+        # A few requests to the backup registry, even when the budget is spent.
+        deadline = max(deadline, time.monotonic() + FALLBACK_SECONDS)
+        lost = []
+        for plan in plans:
+            error = results.get(plan.field.pointer)
+            why = gone(error)
+            if why is not None:
+                assert plan.source is not None and isinstance(error, RegistryError)
+                lost.append((plan.field.pointer, plan.source, error, why))
+        found = await asyncio.gather(
+            *(
+                self._fallback.backup_for(
+                    source, error, why, namespace=namespace, deadline=deadline
+                )
+                for _, source, error, why in lost
+            )
+        )
+        for (pointer, *_), backup in zip(lost, found, strict=True):
+            if backup is not None:
+                results[pointer] = backup
 
     def _finished_in_background(self, task: asyncio.Task[CopyResult | None]) -> None:
         self._background.discard(task)
@@ -307,7 +349,7 @@ class Admission:
     def _settle(
         self,
         plan: ImagePlan,
-        result: CopyResult | BaseException | None,
+        result: Found,
         dry_run: bool,
         outcome: Outcome,
     ) -> None:
@@ -327,7 +369,15 @@ class Admission:
             result = plan.backup
         elif plan.action is Action.INVALID:
             result = ValueError(plan.problem)
-        if isinstance(result, CopyResult):
+        if isinstance(result, FellBack):
+            backup = str(result.result.backup)
+            outcome.rewrites[plan.field.pointer] = (container, image, backup)
+            outcome.warnings.append(_warning(f"container {container!r}: {result.short}"))
+            outcome.fell_back.append(f"{image}: {result.note}")
+            outcome.count("fallback")
+            if not dry_run:
+                self._metrics.fallbacks.labels(result.reason).inc()
+        elif isinstance(result, CopyResult):
             backup = str(result.backup)
             outcome.used.append((str(result.backup_repository), result.digest))
             if plan.action is Action.BACK_UP and not dry_run:

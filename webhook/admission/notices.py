@@ -25,12 +25,16 @@ def notify(
     outcome: Outcome,
 ) -> None:
     """Events on the object (or, for a Pod named by its controller, on the controller):
-    what was backed up, and what could not be."""
+    what was backed up, what runs from a backup because its source is gone, and what could
+    not be backed up."""
     involved, about = _involved(request)
     if involved is None:
         return
     if outcome.backed_up:
         notices.emit(involved, "ImageBackedUp", about + "; ".join(outcome.backed_up))
+    if outcome.fell_back:
+        message = about + "; ".join(outcome.fell_back)
+        notices.emit(involved, "ImageBackupFallback", message, warning=True)
     if outcome.failures:
         message = answer.message or (
             "admitted without a backup (onFailure: allow): " + "; ".join(outcome.failures)

@@ -144,6 +144,9 @@ class BackupRecords:
         self._heartbeats: set[asyncio.Task[None]] = set()
         self._noted: dict[tuple[str, str], None] = {}  # used since their last touch
         self._touched: dict[tuple[str, str], datetime] = {}  # within touch_every
+        # Namespaces that read a backup's source, not yet written to its readBy / written.
+        self._readers: dict[tuple[str, str], set[str]] = {}
+        self._read_by: dict[tuple[str, str], frozenset[str]] = {}
 
     async def exclusive(
         self,
@@ -174,15 +177,33 @@ class BackupRecords:
         await self._record_stored(name, stored)
         return stored
 
-    def used(self, backup_repo: str, digest: str) -> None:
-        """Note a use of the backup; touch_used() writes it down later."""
-        self._noted[(backup_repo, digest)] = None
+    def used(self, backup_repo: str, digest: str, namespace: str | None = None) -> None:
+        """Note a use of the backup, by a workload of `namespace` whose credentials read its
+        source; touch_used() writes it down later (a namespace new to the record at once,
+        its lastUsed at most every touch_every)."""
+        key = (backup_repo, digest)
+        self._noted[key] = None
+        if namespace and namespace not in self._read_by.get(key, ()):
+            self._readers.setdefault(key, set()).add(namespace)
+
+    async def record_of(self, backup_repo: str, digest: str) -> ReadyBackup | None:
+        """The Ready record of that backup, or None."""
+        record = await self._read(record_name(backup_repo, digest))
+        return _ready_backup(record) if record is not None and _phase(record) == READY else None
 
     async def touch_used(self) -> None:
         """One pass: set lastUsed of the noted records not touched within touch_every. A
         record that is gone is forgotten; another failure (the API server is likely down)
         ends the pass, logged: the rest are tried in the next one."""
         now = self._now()
+        for key, namespaces in list(self._readers.items()):
+            try:
+                self._read_by[key] = await self._add_readers(record_name(*key), namespaces)
+            except KubeError as exc:
+                if exc.status != 404:
+                    log.warning(event_message("imagebackup_readers_unrecorded", error=str(exc)))
+                    return
+            self._readers.pop(key, None)
         self._touched = {k: at for k, at in self._touched.items() if now - at < self._touch_every}
         for key in [k for k in self._noted if k not in self._touched]:
             name = record_name(*key)
@@ -238,24 +259,7 @@ class BackupRecords:
     async def ready(self) -> list[ReadyBackup]:
         """The backups recorded as Ready: to start with what other replicas made, and to
         say what is protected."""
-        backups = []
-        async for record in self._listed():
-            if _phase(record) == READY:
-                spec = record["spec"]
-                blobs = tuple(spec.get("blobs") or ())
-                backup, status = spec["backup"], record.get("status") or {}
-                backups.append(
-                    ReadyBackup(
-                        _repository(backup),
-                        spec["digest"],
-                        blobs,
-                        spec.get("source") or "",
-                        backup,
-                        status.get("firstUsed") or "",
-                        tuple(status.get("readBy") or ()),
-                    )
-                )
-        return backups
+        return [_ready_backup(r) async for r in self._listed() if _phase(r) == READY]
 
     async def stream_backups(self, *, namespace: str, image_stream: str) -> list[StreamBackup]:
         """The recorded history items of an ImageStream's tags, newest first, each with its
@@ -303,6 +307,41 @@ class BackupRecords:
         async for page in pages(fetch):
             for record in page:
                 yield record
+
+    async def _add_readers(self, name: str, namespaces: set[str]) -> frozenset[str]:
+        """Add `namespaces` to the record's status.readBy, a write conditional on the version
+        read (another replica adds its own at the same time); the readers it then has."""
+        for _ in range(CONFLICT_RETRIES):
+            record = await self._read(name)
+            if record is None:
+                raise KubeError(f"noting readers of {self._what(name)}: gone", 404, "NotFound")
+            known = frozenset((record.get("status") or {}).get("readBy") or ())
+            merged = known | namespaces
+            if merged == known:
+                return known
+            patch = {
+                "metadata": {"resourceVersion": record["metadata"]["resourceVersion"]},
+                "status": {"readBy": sorted(merged)},
+            }
+            try:
+                await self._request(
+                    f"noting readers of {self._what(name)}",
+                    self._custom.patch_namespaced_custom_object_status,
+                    name,
+                    patch,
+                    _content_type=MERGE_PATCH,
+                )
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                continue
+            return merged
+        raise KubeError(
+            f"noting readers of {self._what(name)}: changed by others {CONFLICT_RETRIES} "
+            "times in a row",
+            409,
+            "Conflict",
+        )
 
     async def _add_stream_tags(self, name: str, spec: Object, tags: Sequence[StreamTag]) -> bool:
         """One try of note_stream_tags; False when the record was made, changed or deleted
@@ -595,6 +634,20 @@ class BackupRecords:
 def _translated(api: client.ApiClient, doing: str, call: Callable[[], Any]) -> Any:
     with translated(api, doing):
         return call()
+
+
+def _ready_backup(record: Object) -> ReadyBackup:
+    spec, status = record["spec"], record.get("status") or {}
+    backup = spec["backup"]
+    return ReadyBackup(
+        _repository(backup),
+        spec["digest"],
+        tuple(spec.get("blobs") or ()),
+        spec.get("source") or "",
+        backup,
+        status.get("firstUsed") or "",
+        tuple(status.get("readBy") or ()),
+    )
 
 
 def _phase(record: Object) -> str:

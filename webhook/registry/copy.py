@@ -312,6 +312,26 @@ class CopyEngine:
         backup = Reference(target.host, target.path, source.tag, digest)
         return CopyResult(source, backup, already_backed_up=True)
 
+    async def backup_of(self, source: Reference, *, deadline: float) -> CopyResult | None:
+        """The backup the backup registry holds of `source`, asking it alone (the source
+        may be gone): by digest, the digest's anchor tag; by tag, the backup repository's
+        tag of that name. None if there is none."""
+        target = self.target_for(source)
+        if source.digest:
+            if not await self._holds(target, source.digest, deadline):
+                return None
+            digest = source.digest
+        else:
+            assert source.tag is not None
+            found = await self._client.head_manifest(
+                target, source.tag, deadline=deadline, push=True
+            )
+            if found is None or not found.digest:
+                return None
+            digest = found.digest
+        backup = Reference(target.host, target.path, source.tag, digest)
+        return CopyResult(source, backup, already_backed_up=True)
+
     async def backup(
         self, source: Reference, *, deadline: float, keyring: DockerConfig | None = None
     ) -> CopyResult:
