@@ -9,20 +9,26 @@ cluster): nothing is answered from memory.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import yaml
 
 from tests.admission_helpers import body, patched, response_of, sample, with_object
 from tests.helpers import make_config
 from tests.support import images
-from tests.support.fakekube import EVENTS, FakeKube, Query
+from tests.support.fakekube import EVENTS, IMAGE_BACKUPS, FakeKube, Query
 from tests.support.faultproxy import FaultProxy, FaultProxyFactory, status
 from tests.support.registries import Registry
+from tests.workloads import create, opt_in, workload
 from webhook.admission.handler import Admission
 from webhook.cluster import Coordination
 from webhook.config import Config
@@ -239,3 +245,25 @@ async def test_a_private_sources_backup_goes_only_to_namespaces_that_read_it(
         response = await admit(hook, pod(image, "team"))
     assert response["allowed"] is False
     assert "namespace team was never shown to read" in response["status"]["message"]
+
+
+def test_a_backfill_pass_records_the_namespaces_that_read_each_source(
+    source: tuple[FaultProxy, str, str],
+    basic_registry: Registry,
+    fake_kube: FakeKube,
+    tmp_path: Path,
+) -> None:
+    proxy, image, digest = source
+    config = config_for(proxy, basic_registry)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(msgspec.to_builtins(config)))
+    for namespace in ("team", "other"):
+        opt_in(fake_kube, namespace, "enforce")
+    create(fake_kube, "team", workload("Deployment", "web", {"app": image}))
+    command = [sys.executable, "-m", "webhook", "backfill", "--config", str(path)]
+    env = {**os.environ, "POD_NAMESPACE": "image-backup"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (record,) = fake_kube.store.list_objects(Query(IMAGE_BACKUPS, "image-backup", [], []))[0]
+    assert record["spec"]["digest"] == digest
+    assert record["status"]["readBy"] == ["team"]

@@ -40,6 +40,7 @@ from typing import Any
 
 import msgspec
 
+from .admission.decisions import BackupUses
 from .admission.notices import Notices
 from .admission.objects import KubeObject
 from .admission.plan import Action, ImagePlan, not_backed_up
@@ -153,10 +154,13 @@ class Backfill:
         notices: Notices | None = None,
         streams: StreamReader | None = None,
         histories: HistoryBackup | None = None,
+        uses: BackupUses | None = None,
     ) -> None:
         """`pull` None: every workload gets the configured credentials; `notices` None:
         no Kubernetes Events; `streams` None: no ImageStreams (not OpenShift);
-        `histories`: also a pass over ImageStreams' histories, where the API has them."""
+        `histories`: also a pass over ImageStreams' histories, where the API has them;
+        `uses`: told which namespaces' credentials read each backup's source."""
+        self._uses = uses
         self._streams = streams
         self._workloads = workloads
         self._pull = pull
@@ -247,7 +251,9 @@ class Backfill:
             keyring, _ = await self._pull.keyring(workload.namespace, *pull_identity(spec))
         copy = workload.mode == "enforce" and not dry_run
         plans = await self._plans(workload, workload.obj, fields, keyring)
-        outcomes = await asyncio.gather(*(self._image(plan, copy, keyring) for plan in plans))
+        outcomes = await asyncio.gather(
+            *(self._image(plan, copy, keyring, workload.namespace) for plan in plans)
+        )
         copied, failed = [], []
         for plan, (outcome, detail) in zip(plans, outcomes, strict=True):
             summary.count(workload.namespace, outcome)
@@ -293,10 +299,13 @@ class Backfill:
         )
 
     async def _image(
-        self, plan: ImagePlan, copy: bool, keyring: DockerConfig | None
+        self, plan: ImagePlan, copy: bool, keyring: DockerConfig | None, namespace: str
     ) -> tuple[str, str]:
         """(outcome, the backup or why it failed) of one image."""
-        outcome, detail, _ = await self._decider.decide(plan, copy=copy, keyring=keyring)
+        outcome, detail, found = await self._decider.decide(plan, copy=copy, keyring=keyring)
+        if found is not None and self._uses is not None:
+            # Found with the workload's credentials: its namespace may run from the backup.
+            self._uses.used(str(found.backup_repository), found.digest, namespace)
         return outcome, detail
 
 

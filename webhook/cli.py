@@ -317,6 +317,7 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
             notices=cluster.events,
             streams=cluster.stream_names,
             histories=_history_backup(engine, cluster, config),
+            uses=cluster.records,
         )
         with _counter("workloads") as done:
             summary = await backfill.run(
@@ -325,6 +326,7 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
                 rewrite=True if args.rewrite else None,
                 done=done,
             )
+        await cluster.records.touch_used()  # the namespaces shown to read each source
     if args.output == "json":
         sys.stdout.buffer.write(summary.to_json() + b"\n")
     else:
