@@ -266,4 +266,4 @@ def test_a_backfill_pass_records_the_namespaces_that_read_each_source(
     assert done.returncode == 0, done.stdout + done.stderr
     (record,) = fake_kube.store.list_objects(Query(IMAGE_BACKUPS, "image-backup", [], []))[0]
     assert record["spec"]["digest"] == digest
-    assert record["status"]["readBy"] == ["team"]
+    assert record["spec"]["readBy"] == ["team"]

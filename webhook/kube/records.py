@@ -60,7 +60,7 @@ class ReadyBackup:
     source: str = ""  # the reference that was backed up, as workloads named it
     backup: str = ""  # the pinned backup reference
     since: str = ""  # when it was first used (RFC 3339), "" if not recorded
-    # Namespaces whose pull credentials were shown to read the source (status.readBy): the
+    # Namespaces whose pull credentials were shown to read the source (spec.readBy): the
     # only ones a backup of a private source may be given to without the source.
     read_by: tuple[str, ...] = ()
 
@@ -309,24 +309,24 @@ class BackupRecords:
                 yield record
 
     async def _add_readers(self, name: str, namespaces: set[str]) -> frozenset[str]:
-        """Add `namespaces` to the record's status.readBy, a write conditional on the version
+        """Add `namespaces` to the record's spec.readBy, a write conditional on the version
         read (another replica adds its own at the same time); the readers it then has."""
         for _ in range(CONFLICT_RETRIES):
             record = await self._read(name)
             if record is None:
                 raise KubeError(f"noting readers of {self._what(name)}: gone", 404, "NotFound")
-            known = frozenset((record.get("status") or {}).get("readBy") or ())
+            known = frozenset((record.get("spec") or {}).get("readBy") or ())
             merged = known | namespaces
             if merged == known:
                 return known
             patch = {
                 "metadata": {"resourceVersion": record["metadata"]["resourceVersion"]},
-                "status": {"readBy": sorted(merged)},
+                "spec": {"readBy": sorted(merged)},
             }
             try:
                 await self._request(
                     f"noting readers of {self._what(name)}",
-                    self._custom.patch_namespaced_custom_object_status,
+                    self._custom.patch_namespaced_custom_object,
                     name,
                     patch,
                     _content_type=MERGE_PATCH,
@@ -646,7 +646,7 @@ def _ready_backup(record: Object) -> ReadyBackup:
         spec.get("source") or "",
         backup,
         status.get("firstUsed") or "",
-        tuple(status.get("readBy") or ()),
+        tuple(spec.get("readBy") or ()),
     )
 
 
