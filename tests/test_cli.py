@@ -214,7 +214,10 @@ def test_progress_bar_on_a_terminal(
     "args",
     [
         ["--help"],
-        *([command, "--help"] for command in ("copy", "resolve", "serve", "certs", "review")),
+        *(
+            [command, "--help"]
+            for command in ("copy", "resolve", "serve", "certs", "review", "restore")
+        ),
     ],
 )
 def test_help_loads_the_standard_library_only(tmp_path: Path, args: list[str]) -> None:

@@ -26,6 +26,7 @@ from tests.support.fakekube import (
     EVENTS,
     EVENTS_V1,
     IMAGE_BACKUPS,
+    IMAGE_STREAMS,
     JOBS,
     MUTATING_WEBHOOK_CONFIGURATIONS,
     NAMESPACES,
@@ -1445,3 +1446,39 @@ def test_a_webhook_may_call_the_api_server_while_it_answers(
     apps: Any = client.AppsV1Api(api)
     created = apps.create_namespaced_deployment(NS, deployment("web"))
     assert created.metadata.annotations == {"seen": "pull"}
+
+
+def test_imagestream_writes_keep_the_status_the_api_server_computes(
+    openshift_kube: FakeKube,
+) -> None:
+    """As openshift-apiserver's ImageStream strategy: a create ignores the status sent (the
+    internal registry's name for the stream, no tags: history comes from imports and
+    pushes), an update keeps the stored status, and a PUT or POST takes no patch."""
+    path = "/apis/image.openshift.io/v1/namespaces/shop/imagestreams"
+    history = {"tags": [{"tag": "v1", "items": [{"image": "sha256:" + "1" * 64}]}]}
+    spec = {"tags": [{"name": "v1", "from": {"kind": "DockerImage", "name": "quay.io/a/b:1"}}]}
+    stream = {"metadata": {"name": "app"}, "spec": spec, "status": history}
+
+    created = raw_request(openshift_kube, "POST", path, stream)
+    as_patch = raw_request(
+        openshift_kube, "POST", path, stream, content_type="application/merge-patch+json"
+    )
+
+    assert created[0] == 201
+    assert created[1]["status"] == {
+        "dockerImageRepository": "image-registry.openshift-image-registry.svc:5000/shop/app"
+    }
+    assert created[1]["metadata"]["generation"] == 1
+    assert created[1]["spec"]["tags"][0]["generation"] == 1
+    assert as_patch[0] == 415 and as_patch[1]["reason"] == "UnsupportedMediaType"
+    # An import writes the history (here, the test's backdoor); a PUT of the object with
+    # another status changes the spec only.
+    openshift_kube.store.patch(
+        IMAGE_STREAMS, "shop", "app", {"status": history}, "application/merge-patch+json"
+    )
+    current = openshift_kube.store.get(IMAGE_STREAMS, "shop", "app")
+    changed = {**current, "spec": {"tags": []}, "status": {"tags": []}}
+    updated = raw_request(openshift_kube, "PUT", f"{path}/app", changed)
+    assert updated[0] == 200
+    assert updated[1]["spec"] == {"tags": []}
+    assert updated[1]["status"]["tags"] == history["tags"]

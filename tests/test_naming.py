@@ -340,3 +340,58 @@ def test_invalid_schemes_are_refused(host: str, prefix: str, path_style: str, pr
     with pytest.raises(ValueError, match="invalid backup scheme") as raised:
         Scheme(host, prefix, path_style)  # type: ignore[arg-type]
     assert problem in str(raised.value)
+
+
+@settings(max_examples=300)
+@given(scheme=schemes, source=colliding_sources)
+def test_source_of_inverts_repository_for(scheme: Scheme, source: Reference) -> None:
+    assume(not scheme.is_backup(source))
+    repository = scheme.repository_for(source)
+
+    decoded = scheme.source_of(repository)
+
+    assert repository_identity(decoded) == repository_identity(source)
+    assert scheme.repository_for(decoded) == repository
+    assert decoded.name == parse(decoded.name).name  # a host as references spell it
+
+
+@pytest.mark.parametrize(
+    ("scheme", "repository", "source"),
+    [
+        (BACKUP, "mirror/docker.io/library/nginx", "docker.io/library/nginx"),
+        (BACKUP, "mirror/localhost_5000/a--b/c", "localhost:5000/a--b/c"),
+        (
+            BACKUP,
+            "mirror/fe80_0000_0000_0000_0000_0000_0000_0001_5000/foo",
+            "[fe80::1]:5000/foo",
+        ),
+        (FLAT_BACKUP, "mirror/quay.io-my--org-app", "quay.io/my-org/app"),
+        (FLAT_BACKUP, "mirror/example.com_5000-a----b-c__d.e", "example.com:5000/a---b/c__d.e"),
+        (
+            Scheme("registry.local:5000", ""),
+            "image-registry.openshift-image-registry.svc_5000/shop/app",
+            "image-registry.openshift-image-registry.svc:5000/shop/app",
+        ),
+    ],
+)
+def test_source_of_examples(scheme: Scheme, repository: str, source: str) -> None:
+    assert scheme.source_of(repository).name == source
+
+
+@pytest.mark.parametrize(
+    ("scheme", "repository"),
+    [
+        (BACKUP, "other/docker.io/library/nginx"),  # not under the prefix
+        (BACKUP, "mirror/docker.io"),  # a host and no path
+        (BACKUP, "mirror/Quay.io/app"),  # a spelling the scheme never writes
+        (BACKUP, "mirror/fe80_0_0_0_0_0_0_1/foo"),  # an IPv6 host not written out in full
+        (BACKUP, "mirror/zz_zz_zz_zz_zz_zz_zz_zz/foo"),  # eight groups, not an address
+        (FLAT_BACKUP, "mirror/quay.io/org/app"),  # nested under a flat scheme
+        (FLAT_BACKUP, "mirror/quay.io"),
+    ],
+)
+def test_source_of_refuses_what_the_scheme_cannot_have_made(
+    scheme: Scheme, repository: str
+) -> None:
+    with pytest.raises(BackupNameError):
+        scheme.source_of(repository)

@@ -417,6 +417,86 @@ async def _stream_history(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def _restore(args: argparse.Namespace, config: Config) -> int:
+    """The backups copied back into registries: from the records, or the backup registry."""
+    from .config import ConfigError
+    from .engine import open_engine
+    from .restore import Restore, Selection, Summary, Target
+
+    selection = Selection(
+        tuple(args.source_registries or ()),
+        tuple(args.namespaces or ()),
+        tuple(args.images or ()),
+        args.all,
+    )
+    if not (selection.source_registries or selection.namespaces or selection.globs or args.all):
+        raise ConfigError(
+            "restore: say which images: --all, --source-registry, --namespace or --image"
+        )
+    if args.from_backup_registry and (args.namespaces or args.imagestreams):
+        raise ConfigError(
+            "restore: --namespace and --imagestreams read the ImageBackup records,"
+            " which --from-backup-registry does without"
+        )
+    target = Target(args.to_registry, dict(args.namespace_map or ()))
+    bar = _ProgressBar() if sys.stderr.isatty() and not args.dry_run else None
+    settings = config.copy_settings
+    summary = Summary(dry_run=args.dry_run)
+    try:
+        async with open_engine(config, bar) as engine, contextlib.AsyncExitStack() as stack:
+            restore = Restore(
+                engine, timeout=settings.timeout_seconds, concurrency=settings.concurrency
+            )
+            cluster = None
+            if args.from_backup_registry:
+                found, summary.skipped = await restore.from_registry(engine.scheme)
+            else:
+                from .kube.client import KubeError
+                from .metrics import Metrics
+                from .restore import from_records
+
+                cluster = await stack.enter_async_context(_cluster(config, Metrics(), "restore"))
+                if args.imagestreams and not await cluster.image_streams.available():
+                    raise KubeError("restore --imagestreams: the API serves no ImageStreams")
+                found = await restore.with_tags(from_records(await cluster.records.ready()))
+            images = [image for image in found if selection.wants(image)]
+            summary.outcomes = await restore.run(images, target, dry_run=args.dry_run)
+            if cluster is not None and args.imagestreams:
+                from .restore import point_image_streams
+
+                summary.streams, summary.stream_failures = await point_image_streams(
+                    cluster.image_streams, summary.outcomes, target.namespaces, dry_run=args.dry_run
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not found:
+        where = "the backup registry holds" if args.from_backup_registry else "is recorded"
+        print(f"image-backup: restore: no backup {where}", file=sys.stderr)
+    print("\n".join(summary.lines()))
+    return EXIT_FAILED if summary.failed else 0
+
+
+def _to_registry(text: str) -> str:
+    """--to-registry HOST[/PREFIX]: a registry host, and a path prefix if any."""
+    from .reference import InvalidReference, Reference
+
+    host, slash, prefix = text.partition("/")
+    try:
+        Reference(host, f"{prefix}/x" if slash else "x")
+    except InvalidReference as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST[/PREFIX]: {exc.problem}") from None
+    return text.rstrip("/")
+
+
+def _namespace_pair(text: str) -> tuple[str, str]:
+    """--namespace-map OLD=NEW: the first path component OLD becomes NEW."""
+    old, equals, new = text.partition("=")
+    if not (old and equals and new) or "/" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not OLD=NEW")
+    return old, new
+
+
 def _image_stream(text: str) -> tuple[str, str, str | None]:
     """--imagestream NAMESPACE/NAME[:TAG]: (namespace, name, tag or None)."""
     namespace, _, rest = text.partition("/")
@@ -664,6 +744,67 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     status.set_defaults(command=_status)
+
+    restore = commands.add_parser(
+        "restore",
+        help="copy backups back into registries (digest-exact, all platforms, resumable)",
+    )
+    which_images = restore.add_argument_group("which images (at least one; any of them)")
+    which_images.add_argument("--all", action="store_true", help="every backup")
+    which_images.add_argument(
+        "--source-registry",
+        action="append",
+        dest="source_registries",
+        metavar="HOST",
+        help="images that came from this registry; repeatable",
+    )
+    which_images.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="images whose record says NS's credentials read them (records only); repeatable",
+    )
+    which_images.add_argument(
+        "--image",
+        action="append",
+        dest="images",
+        metavar="GLOB",
+        help="images whose source (HOST/PATH, HOST/PATH:TAG or HOST/PATH@DIGEST) matches; "
+        "repeatable",
+    )
+    restore.add_argument(
+        "--from-backup-registry",
+        action="store_true",
+        help="list the backups from the backup registry, not the ImageBackup records "
+        "(a new cluster without them)",
+    )
+    restore.add_argument(
+        "--to-registry",
+        metavar="HOST[/PREFIX]",
+        type=_to_registry,
+        help="restore under this registry, keeping each source path (default: the source "
+        "registry itself)",
+    )
+    restore.add_argument(
+        "--namespace-map",
+        action="append",
+        metavar="OLD=NEW",
+        type=_namespace_pair,
+        help="rename the first path component OLD (an OpenShift namespace) to NEW; repeatable",
+    )
+    restore.add_argument(
+        "--imagestreams",
+        action="store_true",
+        help="also point each recorded ImageStream tag at its restored newest image (OpenShift)",
+    )
+    restore.add_argument(
+        "--dry-run", action="store_true", help="copy nothing: say what would be restored where"
+    )
+    restore.add_argument(
+        "--config", metavar="FILE", action="append", required=True, help=CONFIG_HELP
+    )
+    restore.set_defaults(command=_restore)
     return parser
 
 

@@ -18,6 +18,8 @@ from webhook.reference import MAX_NAME_LENGTH, InvalidReference, Reference
 PathStyle = Literal["nested", "flat"]
 
 _DASH_RUN_OR_SLASH = re.compile(r"-+|/")
+_DASH_RUN = re.compile(r"-+")
+IPV6_GROUPS = 8
 
 
 class BackupNameError(ValueError):
@@ -73,14 +75,41 @@ class Scheme:
         """The digest-pinned backup of `source`; the source tag is kept for readability."""
         return Reference(self.host, self.repository_for(source), tag=source.tag, digest=digest)
 
+    def source_of(self, repository: str) -> Reference:
+        """The source repository whose backups live in `repository` (a path without host),
+        as a reference with the default tag: the inverse of `repository_for`, for a
+        restore that has nothing but the backup registry. Raises BackupNameError for a
+        repository this scheme cannot have made."""
+        path = repository
+        if self.prefix:
+            if not repository.startswith(f"{self.prefix}/"):
+                raise BackupNameError(f"{repository} is not under the prefix {self.prefix}")
+            path = repository.removeprefix(f"{self.prefix}/")
+        if self.path_style == "flat":
+            path = _unflatten(path)
+        encoded_host, _, source_path = path.partition("/")
+        try:
+            source = Reference(_decode_host(encoded_host), source_path)
+            made = self.repository_for(source)
+        except (InvalidReference, ValueError) as error:
+            raise BackupNameError(f"{repository} is not a backup name: {error}") from None
+        if made != repository:  # a spelling the scheme never writes: not one of its backups
+            raise BackupNameError(f"{repository} is not a backup name (it would be {made})")
+        return source
+
     def is_backup(self, reference: Reference) -> bool:
         """Whether `reference` already lives in the backup area, so must not be backed up again."""
-        if _encode_host(reference.registry) != _encode_host(self.host):
+        if not same_registry(reference.registry, self.host):
             return False
         return not self.prefix or reference.repository.startswith(f"{self.prefix}/")
 
     def _under_prefix(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
+
+
+def same_registry(first: str, second: str) -> bool:
+    """Whether two registry hosts are the same one (DNS case, IPv6 spellings)."""
+    return _encode_host(first) == _encode_host(second)
 
 
 def _encode_host(registry: str) -> str:
@@ -95,6 +124,21 @@ def _encode_host(registry: str) -> str:
         host = ipaddress.IPv6Address(address).exploded
         return f"{host}{port_suffix}".replace(":", "_")
     return registry.lower().replace(":", "_")
+
+
+def _decode_host(encoded: str) -> str:
+    """The registry host `_encode_host` wrote: an IPv6 literal (eight groups) in brackets,
+    compressed, with its port; any other host with ":" for "_" (a DNS name has no "_")."""
+    parts = encoded.split("_")
+    if len(parts) < IPV6_GROUPS:
+        return encoded.replace("_", ":")
+    address = ipaddress.IPv6Address(":".join(parts[:IPV6_GROUPS]))
+    return f"[{address.compressed}]" + "".join(f":{port}" for port in parts[IPV6_GROUPS:])
+
+
+def _unflatten(component: str) -> str:
+    """The path `_flatten` packed into `component`: a lone "-" was "/", n + 1 dashes were n."""
+    return _DASH_RUN.sub(lambda match: "/" if match[0] == "-" else match[0][1:], component)
 
 
 def _flatten(path: str) -> str:

@@ -1044,6 +1044,12 @@ class FakeKube:
             target.namespace,
             target.name,
         )
+        if call.method in ("POST", "PUT") and call.content_type.endswith("patch+json"):
+            raise KubeError(
+                415,
+                "UnsupportedMediaType",
+                f'the body of type "{call.content_type}" is unsupported',
+            )
         if name is None:
             if call.method == "GET":
                 return self._list(call, target)
@@ -1098,6 +1104,8 @@ class FakeKube:
         body = copy.deepcopy(_object(call.body))
         if target.resource.custom:
             body.pop("status", None)  # written through /status only: a create drops it
+        if target.resource is IMAGE_STREAMS:
+            body = _image_stream_created(body, target.namespace)
         write = _write(call, target, "CREATE", warnings)
         admitted = await self._admit(write, body, None)
         return self.store.create(target.resource, target.namespace, admitted, dry_run=write.dry_run)
@@ -1115,6 +1123,8 @@ class FakeKube:
         else:
             apply, patch = _patcher(call.content_type), call.body
             change = lambda current: apply(current, patch)  # noqa: E731
+        if resource is IMAGE_STREAMS:
+            change = _image_stream_updated(change)
         write = _write(call, target, "UPDATE", warnings)
         status_only = target.subresource == "status"
         while True:
@@ -1277,6 +1287,36 @@ class FakeKube:
                         await _send(response, change.type, change.object)
                     await changed.wait()
         return response
+
+
+# Where openshift-apiserver says the internal registry serves an ImageStream (its
+# status.dockerImageRepository), when the registry's hostname is configured.
+INTERNAL_REGISTRY = "image-registry.openshift-image-registry.svc:5000"
+
+
+def _image_stream_created(body: Object, namespace: str) -> Object:
+    """What openshift-apiserver's strategy makes of a created ImageStream: its status is
+    computed, never taken from the request (tag history comes from imports and pushes only),
+    and the stream and each spec tag start at generation 1."""
+    name = (body.get("metadata") or {}).get("name", "")
+    body["status"] = {"dockerImageRepository": f"{INTERNAL_REGISTRY}/{namespace}/{name}"}
+    body.setdefault("metadata", {})["generation"] = 1
+    for tag in (body.get("spec") or {}).get("tags") or ():
+        tag["generation"] = 1
+    return body
+
+
+def _image_stream_updated(change: Callable[[Object], Any]) -> Callable[[Object], Any]:
+    """An update of an ImageStream as openshift-apiserver's strategy makes it: the status
+    stays the stored one whatever the request says (imports and pushes write it)."""
+
+    def updated(current: Object) -> Any:
+        proposed = change(copy.deepcopy(current))
+        if isinstance(proposed, dict):
+            proposed["status"] = copy.deepcopy(current.get("status") or {})
+        return proposed
+
+    return updated
 
 
 def _write(call: Call, target: _Target, operation: str, warnings: list[str]) -> _Write:

@@ -130,9 +130,9 @@ def raw_request(
     *,
     timeout: float = TIMEOUT_SECONDS,
 ) -> bytes:
-    """The raw answer to one request (a body is sent as a merge patch), for callers that
-    decode it with msgspec: the client's models would build every field of every object.
-    Blocking: run it on a thread."""
+    """The raw answer to one request (a PATCH body is a merge patch, any other the object),
+    for callers that decode it with msgspec: the client's models would build every field of
+    every object. Blocking: run it on a thread."""
     with translated(api, doing):
         data: bytes = open_request(api, method, path, query, body=body, timeout=timeout).data
     return data
@@ -152,7 +152,7 @@ def open_request(
     between reads). Blocking; call it in `translated`."""
     headers = {"Accept": "application/json"}
     if body is not None:
-        headers["Content-Type"] = MERGE_PATCH
+        headers["Content-Type"] = MERGE_PATCH if method == "PATCH" else "application/json"
     method, url, headers, body, post = api.param_serialize(
         method,
         path,

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -40,6 +40,7 @@ from .client import (
     serves,
     translated,
 )
+from .records import CONFLICT_RETRIES
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 PREFIX = f"/apis/{GROUP}/{VERSION}"
@@ -206,6 +207,46 @@ class ImageStreams:
         stream: ImageStream = decoded(raw, self._streams, doing)
         return stream, len(raw)
 
+    async def point_tags(self, namespace: str, name: str, tags: Mapping[str, str]) -> bool:
+        """Point each spec tag of `tags` at its image (``{kind: DockerImage, name: <pull
+        spec>}``, referencePolicy Source), creating the ImageStream if there is none; the
+        stream's other tags and fields are kept. True if it was created. A write that meets
+        a newer version of the stream (409) is read and made again.
+
+        Only the spec is written: the API server computes the status, and the tag's image
+        appears there once OpenShift has imported it from the pull spec."""
+        path = f"{PREFIX}/namespaces/{namespace}/{PLURAL}"
+        doing = f"writing ImageStream {namespace}/{name}"
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                raw = await asyncio.to_thread(
+                    raw_request, self._api, "GET", f"{path}/{name}", [], doing
+                )
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+                stream: Any = {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "ImageStream",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {},
+                }
+                method, target = "POST", path
+            else:
+                stream = msgspec.json.decode(raw)
+                method, target = "PUT", f"{path}/{name}"
+            _point(stream, tags)
+            try:
+                await asyncio.to_thread(raw_request, self._api, method, target, [], doing, stream)
+            except KubeError as exc:
+                if exc.status != 409:  # a conflict, or created meanwhile: read it again
+                    raise
+                continue
+            return method == "POST"
+        raise KubeError(
+            f"{doing}: changed by others {CONFLICT_RETRIES} times in a row", 409, "Conflict"
+        )
+
     async def in_namespace(self, namespace: str) -> AsyncIterator[ImageStream]:
         """Every ImageStream of the namespace, a page at a time."""
         path = f"{PREFIX}/namespaces/{namespace}/{PLURAL}"
@@ -298,6 +339,21 @@ class ImageStreams:
             raise KubeError(f"{doing}: {status.code} {status.message}", status.code, status.reason)
         stream: ImageStream = decoded(bytes(event.object), self._streams, doing)
         return event.type, stream
+
+
+def _point(stream: Any, tags: Mapping[str, str]) -> None:
+    """Set `stream`'s spec tags to pull `tags`' images by reference (the object's JSON)."""
+    spec = stream.setdefault("spec", {})
+    listed = spec.setdefault("tags", []) or []
+    spec["tags"] = listed
+    by_name = {tag.get("name"): tag for tag in listed}
+    for tag, image in tags.items():
+        entry = by_name.get(tag)
+        if entry is None:
+            entry = {"name": tag}
+            listed.append(entry)
+        entry["from"] = {"kind": "DockerImage", "name": image}
+        entry["referencePolicy"] = {"type": "Source"}
 
 
 class StreamLookup:

@@ -63,6 +63,8 @@ class ReadyBackup:
     # Namespaces whose pull credentials were shown to read the source (spec.readBy): the
     # only ones a backup of a private source may be given to without the source.
     read_by: tuple[str, ...] = ()
+    # The ImageStream tags whose history holds it (spec.imageStreamTags): for a restore.
+    stream_tags: tuple[StreamTag, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,6 +649,7 @@ def _ready_backup(record: Object) -> ReadyBackup:
         backup,
         status.get("firstUsed") or "",
         tuple(spec.get("readBy") or ()),
+        tuple(_stream_tags(spec.get("imageStreamTags") or ())),
     )
 
 

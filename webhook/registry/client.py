@@ -21,6 +21,8 @@ from .transport import Transport, describe
 
 PULL = "pull"
 PUSH = "pull,push"
+CATALOG = "registry:catalog:*"
+LIST_PAGE = 1000  # names asked per page of a catalog or tag list (registries may send fewer)
 ANCHOR_TAG = re.compile(r"sha256-([0-9a-f]{64})")
 
 
@@ -96,6 +98,63 @@ class RegistryClient:
             return False
         response.release()
         return True
+
+    async def repositories(self, host: str, *, deadline: float) -> list[str]:
+        """Every repository the registry lists (`/v2/_catalog`), a page at a time."""
+        operation = Operation("listing the repositories", host)
+        return await self._names(
+            host, "/v2/_catalog", "repositories", "", [CATALOG], operation, deadline
+        )
+
+    async def tags(self, repo: Repository, *, deadline: float) -> list[str]:
+        """Every tag of `repo` (`/v2/<name>/tags/list`), a page at a time; [] if it has none."""
+        operation = Operation(f"listing the tags of {repo.path}", repo.host)
+        path = f"/v2/{repo.path}/tags/list"
+        return await self._names(
+            repo.host, path, "tags", repo.path, [repo.scope(PULL)], operation, deadline
+        )
+
+    async def _names(
+        self,
+        host: str,
+        path: str,
+        key: str,
+        repository: str,
+        scopes: list[str],
+        operation: Operation,
+        deadline: float,
+    ) -> list[str]:
+        """A paginated list: `n` per page, the next page where the `Link` header says."""
+        names: list[str] = []
+        target: str | URL = f"{path}?n={LIST_PAGE}"
+        while True:
+            response = await self._transport.request(
+                host,
+                "GET",
+                target,
+                repository=repository,
+                scopes=scopes,
+                deadline=deadline,
+                operation=operation,
+                keyring=None,
+            )
+            try:
+                async with response:
+                    listed = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise TransientError(describe(exc), operation) from None
+            except ValueError:
+                raise RegistryError("the registry answered with no JSON list", operation) from None
+            page = listed.get(key) if isinstance(listed, dict) else None
+            if page is not None and not (
+                isinstance(page, list) and all(isinstance(name, str) for name in page)
+            ):
+                raise RegistryError(f"the registry's {key} are not a list of names", operation)
+            names.extend(page or ())
+            following = response.links.get("next")
+            if not following or not page:
+                return names
+            target = response.url.join(URL(str(following["url"]), encoded=True))
 
     async def head_manifest(
         self,

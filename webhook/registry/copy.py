@@ -197,6 +197,11 @@ class CopyEngine:
     def scheme(self) -> Scheme:
         return self._scheme
 
+    @property
+    def client(self) -> RegistryClient:
+        """The registry client it copies with, for callers that list what to copy."""
+        return self._client
+
     async def close(self) -> None:
         """Stop the re-checks and copies still running."""
         await self._rechecks.close()
