@@ -53,8 +53,8 @@ bench: deps
 	$(call apt-install,wrk)
 	@# Each runs whatever the others say; the target fails if any misses a bar.
 	$(PY) -m bench.copy --reps 5; copy=$$?; $(PY) -m bench.admission; admission=$$?; \
-	$(PY) -m bench.backfill; backfill=$$?; \
-	test $$copy -eq 0 -a $$admission -eq 0 -a $$backfill -eq 0
+	$(PY) -m bench.backfill; backfill=$$?; $(PY) -m bench.restore --reps 5; restore=$$?; \
+	test $$copy -eq 0 -a $$admission -eq 0 -a $$backfill -eq 0 -a $$restore -eq 0
 
 clean:
 	rm -rf $(VENV) .demo .bench
