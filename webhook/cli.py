@@ -450,6 +450,7 @@ async def _restore(args: argparse.Namespace, config: Config) -> int:
             cluster = None
             if args.from_backup_registry:
                 found, summary.skipped = await restore.from_registry(engine.scheme)
+                known = len(found)
             else:
                 from .kube.client import KubeError
                 from .metrics import Metrics
@@ -458,7 +459,12 @@ async def _restore(args: argparse.Namespace, config: Config) -> int:
                 cluster = await stack.enter_async_context(_cluster(config, Metrics(), "restore"))
                 if args.imagestreams and not await cluster.image_streams.available():
                     raise KubeError("restore --imagestreams: the API serves no ImageStreams")
-                found = await restore.with_tags(from_records(await cluster.records.ready()))
+                recorded, summary.skipped = from_records(await cluster.records.ready())
+                known = len(recorded)
+                # Tags are read only where they can change the choice: for --image.
+                found = await restore.with_tags(
+                    [image for image in recorded if selection.globs or selection.wants(image)]
+                )
             images = [image for image in found if selection.wants(image)]
             summary.outcomes = await restore.run(images, target, dry_run=args.dry_run)
             if cluster is not None and args.imagestreams:
@@ -470,9 +476,11 @@ async def _restore(args: argparse.Namespace, config: Config) -> int:
     finally:
         if bar is not None:
             bar.close()
-    if not found:
+    if not known:
         where = "the backup registry holds" if args.from_backup_registry else "is recorded"
         print(f"image-backup: restore: no backup {where}", file=sys.stderr)
+    elif not images:
+        print(f"image-backup: restore: none of the {known} backups is selected", file=sys.stderr)
     print("\n".join(summary.lines()))
     return EXIT_FAILED if summary.failed else 0
 

@@ -169,12 +169,16 @@ class Summary:
         return lines
 
 
-def from_records(ready: Iterable[ReadyBackup]) -> list[Image]:
-    """The images of the Ready records (their tags are read from the registry later)."""
-    images = []
+def from_records(ready: Iterable[ReadyBackup]) -> tuple[list[Image], list[str]]:
+    """The images of the Ready records (their tags are read from the registry later); and
+    the records whose references cannot be read, with why."""
+    images, skipped = [], []
     for record in ready:
-        backup = parse(record.backup)
-        source = parse(record.source)
+        try:
+            backup, source = parse(record.backup), parse(record.source)
+        except InvalidReference as exc:
+            skipped.append(f"the record of {record.backup or record.digest}: {exc}")
+            continue
         images.append(
             Image(
                 Reference(source.registry, source.repository),
@@ -185,7 +189,7 @@ def from_records(ready: Iterable[ReadyBackup]) -> list[Image]:
                 record.stream_tags,
             )
         )
-    return images
+    return images, skipped
 
 
 class Restore:
