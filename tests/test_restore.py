@@ -292,7 +292,7 @@ async def test_selection_by_registry_namespace_and_glob(
     assert bad_map.returncode == 2 and "is not OLD=NEW" in bad_map.stderr
 
 
-async def test_an_imagestream_history_under_another_registry_and_namespace_with_the_stream(
+async def test_an_imagestream_history_restored_from_exported_records_with_the_stream(
     openshift_kube: FakeKube,
     registry_factory: RegistryFactory,
     basic_registry: Registry,
@@ -314,7 +314,14 @@ async def test_an_imagestream_history_under_another_registry_and_namespace_with_
     args = ["--image", f"{OLD}/{repository}", "--to-registry", INTERNAL]
     args += ["--namespace-map", f"{TEAM}=prod", "--imagestreams"]
 
-    dry = restore(config, *args, "--dry-run")
+    dry = restore(config, *args, "--dry-run")  # from the cluster's records
+    # The cluster dies with its records; an export of them (status included) is what is left.
+    exported, _ = openshift_kube.store.list_objects(Query(IMAGE_BACKUPS, "image-backup", [], []))
+    for record in exported:
+        openshift_kube.store.delete(IMAGE_BACKUPS, "image-backup", record["metadata"]["name"])
+    export = tmp_path / "records.yaml"
+    export.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": exported}))
+    args += ["--records", str(export)]
     done = restore(config, *args)
 
     restored = f"{INTERNAL}/prod/{repository.split('/')[1]}"

@@ -453,13 +453,24 @@ async def _restore(args: argparse.Namespace, config: Config) -> int:
                 known = len(found)
             else:
                 from .kube.client import KubeError
+                from .kube.records import ready_among
                 from .metrics import Metrics
-                from .restore import from_records
+                from .offline import load_documents
+                from .restore import exported, from_records
 
-                cluster = await stack.enter_async_context(_cluster(config, Metrics(), "restore"))
-                if args.imagestreams and not await cluster.image_streams.available():
-                    raise KubeError("restore --imagestreams: the API serves no ImageStreams")
-                recorded, summary.skipped = from_records(await cluster.records.ready())
+                if args.records is None or args.imagestreams:
+                    cluster = await stack.enter_async_context(
+                        _cluster(config, Metrics(), "restore")
+                    )
+                    if args.imagestreams and not await cluster.image_streams.available():
+                        raise KubeError("restore --imagestreams: the API serves no ImageStreams")
+                if args.records is not None:
+                    text = _read_input(args.records)
+                    ready = ready_among(exported(load_documents(args.records, text)))
+                else:
+                    assert cluster is not None
+                    ready = await cluster.records.ready()
+                recorded, summary.skipped = from_records(ready)
                 known = len(recorded)
                 # Tags are read only where they can change the choice: for --image.
                 found = await restore.with_tags(
@@ -781,11 +792,18 @@ def _parser() -> argparse.ArgumentParser:
         help="images whose source (HOST/PATH, HOST/PATH:TAG or HOST/PATH@DIGEST) matches; "
         "repeatable",
     )
-    restore.add_argument(
+    listed_by = restore.add_mutually_exclusive_group()
+    listed_by.add_argument(
         "--from-backup-registry",
         action="store_true",
         help="list the backups from the backup registry, not the ImageBackup records "
         "(a new cluster without them)",
+    )
+    listed_by.add_argument(
+        "--records",
+        metavar="FILE",
+        help="read the ImageBackup records from this export of them (kubectl get imagebackups "
+        "-o yaml; - for standard input), not from the cluster",
     )
     restore.add_argument(
         "--to-registry",

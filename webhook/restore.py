@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .kube.client import KubeError
 from .kube.imagestreams import ImageStreams
@@ -167,6 +167,19 @@ class Summary:
         lines += [o.line() for o in self.outcomes if o.result == FAILED]
         lines += [f"failed: {failure}" for failure in self.stream_failures]
         return lines
+
+
+def exported(documents: Iterable[Any]) -> list[dict[str, Any]]:
+    """The ImageBackup objects of YAML documents: each one, or the items of a List."""
+    found = []
+    for document in documents:
+        if not isinstance(document, dict):
+            continue
+        if str(document.get("kind")).endswith("List"):
+            found += exported(document.get("items") or ())
+        elif document.get("kind") == "ImageBackup":
+            found.append(document)
+    return found
 
 
 def from_records(ready: Iterable[ReadyBackup]) -> tuple[list[Image], list[str]]:

@@ -638,6 +638,12 @@ def _translated(api: client.ApiClient, doing: str, call: Callable[[], Any]) -> A
         return call()
 
 
+def ready_among(records: Iterable[Object]) -> list[ReadyBackup]:
+    """The Ready backups among records read elsewhere: an export (`kubectl get imagebackups
+    -o yaml`, a cluster backup) keeps their status, which a create into a new cluster drops."""
+    return [_ready_backup(record) for record in records if _phase(record) == READY]
+
+
 def _ready_backup(record: Object) -> ReadyBackup:
     spec, status = record["spec"], record.get("status") or {}
     backup = spec["backup"]
