@@ -18,13 +18,15 @@ import pytest
 import yaml
 
 from tests.support import images, skopeo
-from tests.support.fakekube import IMAGE_BACKUPS, IMAGE_STREAMS, FakeKube, Query
+from tests.support.fakekube import IMAGE_BACKUPS, IMAGE_STREAMS, Call, FakeKube, Query
 from tests.support.registries import Registry, RegistryFactory
 from tests.test_imagestreams import INTERNAL, TEAM, image_stream, one_pass
 from tests.workloads import opt_in
 from webhook import config as config_module
 from webhook.cluster import connect
 from webhook.engine import open_engine
+from webhook.kube.client import api_client
+from webhook.kube.imagestreams import ImageStreams
 from webhook.metrics import Metrics
 from webhook.reference import parse
 from webhook.registry import client as client_module
@@ -386,3 +388,49 @@ async def test_catalog_and_tag_lists_are_read_page_by_page(
     assert paged == whole
     assert [r for r in paged if r.startswith(f"{prefix}/")] == [f"{prefix}/{n}" for n in "abc"]
     assert tags == ["v1", "v2", "v3"]
+
+
+async def test_an_imagestream_changed_or_created_meanwhile_is_read_and_written_again(
+    openshift_kube: FakeKube,
+) -> None:
+    """Both races of `point_tags`: a stream created between its read (404) and the create,
+    and one changed between its read and the update; neither loses the other's tag."""
+    theirs = {"name": "theirs", "from": {"kind": "DockerImage", "name": "quay.io/t/t:1"}}
+    raced: list[str] = []
+
+    def race(call: Call) -> None:
+        if not call.path.endswith(("/imagestreams", "/imagestreams/app")) or raced.count(
+            call.method
+        ):
+            return
+        if call.method == "POST":
+            raced.append("POST")
+            openshift_kube.store.create(
+                IMAGE_STREAMS, "prod", {"metadata": {"name": "app"}, "spec": {"tags": [theirs]}}
+            )
+        elif call.method == "PUT":
+            raced.append("PUT")
+            openshift_kube.store.patch(
+                IMAGE_STREAMS,
+                "prod",
+                "app",
+                {"metadata": {"labels": {"changed": "meanwhile"}}},
+                "application/merge-patch+json",
+            )
+
+    openshift_kube.interceptors.append(race)
+    with api_client() as api:
+        created = await ImageStreams(api).point_tags("prod", "app", {"v1": "reg.new/prod/app@x"})
+
+    assert raced == ["POST", "PUT"]
+    assert created is False  # someone else created it; ours was an update
+    stored = openshift_kube.store.get(IMAGE_STREAMS, "prod", "app")
+    assert stored["metadata"]["labels"] == {"changed": "meanwhile"}
+    ours = {
+        "name": "v1",
+        "from": {"kind": "DockerImage", "name": "reg.new/prod/app@x"},
+        "referencePolicy": {"type": "Source"},
+    }
+    assert stored["spec"]["tags"] == [theirs, ours]
+    puts = openshift_kube.calls_to("PUT", "/imagestreams/app")
+    assert len(puts) == 2  # the first met the change (409), the second was made on it
