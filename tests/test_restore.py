@@ -7,9 +7,15 @@ empty one."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
 import secrets
+import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -434,3 +440,39 @@ async def test_an_imagestream_changed_or_created_meanwhile_is_read_and_written_a
     assert stored["spec"]["tags"] == [theirs, ours]
     puts = openshift_kube.calls_to("PUT", "/imagestreams/app")
     assert len(puts) == 2  # the first met the change (409), the second was made on it
+
+
+async def test_a_progress_bar_on_a_terminal(
+    fake_kube: FakeKube,
+    registry_factory: RegistryFactory,
+    basic_registry: Registry,
+    image_cache: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    lost, empty = registry_factory(), registry_factory()
+    made = images.make_image(image_cache, [2_000_000], seed=8900, fmt="oci")
+    images.push(lost.backdoor_url, "team/big", "v1", made)
+    await back_up(document(basic_registry, prefix, {OLD: lost}), f"{OLD}/team/big:v1")
+    config = write(tmp_path, document(basic_registry, prefix, {OLD: empty}))
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    shown = b""
+    try:
+        process = subprocess.Popen(
+            [*CLI, "--all", "--config", config], stdout=subprocess.PIPE, stderr=terminal
+        )
+        while True:  # our end stays open while reading, so nothing written is lost
+            ready, _, _ = select.select([controller], [], [], 0.1)
+            if ready:
+                shown += os.read(controller, 65536)
+            elif process.poll() is not None:
+                break
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+    assert process.returncode == 0
+    assert b"B/s" in shown  # bytes and rate
+    assert b"1 copied" in stdout  # the summary stays on standard output

@@ -1,8 +1,9 @@
 """`image-backup restore`: the backups given back to registries, on the day a registry or a
 whole cluster is lost.
 
-Which backups: the ImageBackup records (Ready ones) of the cluster, or, for a cluster that
-has none (the old one died with them), the backup registry itself: every repository of its
+Which backups: the Ready ImageBackup records of the cluster, or of an export of them
+(``--records``: ``kubectl get -o yaml`` keeps their status); or, for a cluster that has none
+(the old one died with them), the backup registry itself: every repository of its
 catalog under the prefix, decoded back to its source repository by the naming scheme, with
 every digest it keeps (its anchor tags ``sha256-…``) and every named tag. Where to: each
 image's own repository (its registry came back empty), or the same path under another
@@ -76,7 +77,7 @@ class Selection:
     """Which images: any of the given conditions, all of them (`everything`) or none."""
 
     source_registries: tuple[str, ...] = ()
-    namespaces: tuple[str, ...] = ()  # status.readBy holds one of them
+    namespaces: tuple[str, ...] = ()  # spec.readBy holds one of them
     globs: tuple[str, ...] = ()  # fnmatch on the source reference
     everything: bool = False
 
