@@ -267,3 +267,29 @@ def test_a_backfill_pass_records_the_namespaces_that_read_each_source(
     (record,) = fake_kube.store.list_objects(Query(IMAGE_BACKUPS, "image-backup", [], []))[0]
     assert record["spec"]["digest"] == digest
     assert record["spec"]["readBy"] == ["team"]
+
+
+async def test_records_recreated_from_an_export_say_who_may_run_from_a_backup(
+    source: tuple[FaultProxy, str, str], basic_registry: Registry, fake_kube: FakeKube
+) -> None:
+    """A new cluster: the backup registry holds the image, and the records are created
+    again from an export (kubectl create drops their status)."""
+    proxy, image, digest = source
+    config = config_for(proxy, basic_registry)
+    async with AsyncExitStack() as stack:
+        api = stack.enter_context(api_client())
+        records = BackupRecords(api, "image-backup", "old-cluster")
+        stack.push_async_callback(records.close)
+        async with webhook(config, records) as (hook, _):
+            await admit(hook, pod(image, "team"))
+            hook.flush_records()
+        await records.touch_used()
+        (exported,) = fake_kube.store.list_objects(Query(IMAGE_BACKUPS, "image-backup", [], []))[0]
+        fake_kube.store.delete(IMAGE_BACKUPS, "image-backup", exported["metadata"]["name"])
+        proxy.stop()
+        recreated = {"metadata": {"name": exported["metadata"]["name"]}, "spec": exported["spec"]}
+        fake_kube.store.create(IMAGE_BACKUPS, "image-backup", recreated)
+        async with webhook(config, records) as (hook, _):
+            response = await admit(hook, pod(image, "team"))
+    assert response["allowed"] is True, response
+    assert image_of(pod(image, "team"), response).endswith(f":v1@{digest}")

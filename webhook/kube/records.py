@@ -189,9 +189,11 @@ class BackupRecords:
             self._readers.setdefault(key, set()).add(namespace)
 
     async def record_of(self, backup_repo: str, digest: str) -> ReadyBackup | None:
-        """The Ready record of that backup, or None."""
+        """What the record of that backup says, or None if there is none. Whatever its
+        phase: who was shown to read the source (spec.readBy) stays true, and a record
+        re-created from an export into a new cluster has no status at all."""
         record = await self._read(record_name(backup_repo, digest))
-        return _ready_backup(record) if record is not None and _phase(record) == READY else None
+        return _ready_backup(record) if record is not None else None
 
     async def touch_used(self) -> None:
         """One pass: set lastUsed of the noted records not touched within touch_every. A
