@@ -28,14 +28,13 @@ from tests.support.fakekube import (
     EVENTS,
     IMAGE_BACKUPS,
     LEASES,
-    MUTATING_WEBHOOK_CONFIGURATIONS,
     SECRETS,
     FakeKube,
     Query,
 )
 from tests.support.registries import Registry, RegistryFactory
 from tests.support.tls import TLSFiles
-from tests.support.webhooks import Webhook, running_webhook
+from tests.support.webhooks import Webhook, register_webhook, running_webhook
 from tests.workloads import KUBERNETES_KINDS, RESOURCES, create, opt_in, workload
 from webhook.admission.patch import ORIGINAL_IMAGES
 from webhook.backfill import BACKFILLED, Backfill, Summary
@@ -386,19 +385,6 @@ def test_only_the_lease_holder_makes_the_passes(
         assert line in metrics.splitlines()
     for name in ("library/nginx:1.25", "library/busybox:1.36"):
         assert holds(basic_registry, config, f"docker.io/{name}")
-
-
-MANIFESTS = Path(__file__).resolve().parent.parent / "manifests" / "base"
-
-
-def register_webhook(kube: FakeKube, hook: Webhook, tls_ca: TLSFiles) -> None:
-    """The base manifests' MutatingWebhookConfiguration, pointed at `hook` by URL."""
-    document = yaml.safe_load((MANIFESTS / "mutatingwebhookconfiguration.yaml").read_text())
-    ca_bundle = base64.b64encode(Path(tls_ca.ca_file).read_bytes()).decode()
-    for webhook in document["webhooks"]:
-        path = webhook["clientConfig"]["service"]["path"]
-        webhook["clientConfig"] = {"url": f"{hook.url}{path}", "caBundle": ca_bundle}
-    kube.store.create(MUTATING_WEBHOOK_CONFIGURATIONS, "", document)
 
 
 def test_a_rewrite_goes_through_the_webhook_and_is_what_an_admission_makes(

@@ -216,7 +216,7 @@ def test_progress_bar_on_a_terminal(
         ["--help"],
         *(
             [command, "--help"]
-            for command in ("copy", "resolve", "serve", "certs", "review", "restore")
+            for command in ("copy", "resolve", "serve", "certs", "review", "restore", "revert")
         ),
     ],
 )

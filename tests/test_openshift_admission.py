@@ -10,20 +10,17 @@ from the fake API server over HTTP, as in a cluster.
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import json
 import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import msgspec
 import pytest
 import yaml
@@ -33,15 +30,14 @@ from tests.helpers import make_config
 from tests.support import images, skopeo
 from tests.support.fakekube import (
     IMAGE_STREAMS,
-    MUTATING_WEBHOOK_CONFIGURATIONS,
     Call,
     FakeKube,
     KubeError,
 )
 from tests.support.registries import Registry
 from tests.support.tls import TLSFiles
-from tests.support.webhooks import running_webhook
-from tests.workloads import create, opt_in, workload
+from tests.support.webhooks import register_webhook, running_webhook
+from tests.workloads import api_write, create, opt_in, workload
 from webhook.admission.handler import Admission
 from webhook.admission.pods import image_fields, pod_spec
 from webhook.admission.review import parse_review
@@ -433,19 +429,6 @@ def test_only_bare_names_may_name_an_imagestream() -> None:
         assert bare_name(image) is None, image
 
 
-def api_write(kube: FakeKube, method: str, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """A write through the fake API server, and so through its mutating webhooks."""
-    request = urllib.request.Request(
-        kube.url + path,
-        data=json.dumps(obj).encode(),
-        method=method,
-        headers={"Authorization": f"Bearer {kube.token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        written: dict[str, Any] = json.loads(answer.read())
-    return written
-
-
 def test_the_captured_openshift_workflow_through_serve(
     stand: Stand,
     openshift_kube: FakeKube,
@@ -462,16 +445,7 @@ def test_the_captured_openshift_workflow_through_serve(
     document = msgspec.to_builtins(config)
     document["backfill"] = {"intervalSeconds": 0}  # admission alone
     with running_webhook(tmp_path, document, tls_ca, env={"POD_NAMESPACE": "image-backup"}) as hook:
-        hooks = yaml.safe_load((MANIFESTS / "base/mutatingwebhookconfiguration.yaml").read_text())
-        overlay = yaml.safe_load(
-            (MANIFESTS / "overlays/openshift/mutatingwebhookconfiguration.yaml").read_text()
-        )
-        hooks = jsonpatch.apply_patch(hooks, overlay)
-        ca_bundle = base64.b64encode(Path(tls_ca.ca_file).read_bytes()).decode()
-        for webhook in hooks["webhooks"]:
-            path = webhook["clientConfig"]["service"]["path"]
-            webhook["clientConfig"] = {"url": f"{hook.url}{path}", "caBundle": ca_bundle}
-        openshift_kube.store.create(MUTATING_WEBHOOK_CONFIGURATIONS, "", hooks)
+        register_webhook(openshift_kube, hook, tls_ca, openshift=True)
 
         dcs = f"/apis/apps.openshift.io/v1/namespaces/{NAMESPACE}/deploymentconfigs"
         created_dc = openshift_sample("deploymentconfig-create-imagechange-trigger", stand)

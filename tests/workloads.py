@@ -8,6 +8,8 @@ other kinds wrap the Deployment's pod template the way their APIs do.
 from __future__ import annotations
 
 import copy
+import json
+import urllib.request
 from typing import Any
 
 from tests.admission_helpers import sample
@@ -73,3 +75,36 @@ def create(kube: FakeKube, namespace: str, obj: Object) -> Object:
     resource: Resource = RESOURCES[obj["kind"]]
     created: Object = kube.store.create(resource, namespace, obj)
     return created
+
+
+def api_write(
+    kube: FakeKube,
+    method: str,
+    path: str,
+    obj: object,
+    *,
+    content_type: str = "application/json",
+) -> Object:
+    """A write through the fake API server, and so through its mutating webhooks; `obj` is
+    sent as `content_type` (an object, or a patch)."""
+    request = urllib.request.Request(
+        kube.url + path,
+        data=json.dumps(obj).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {kube.token}", "Content-Type": content_type},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        written: Object = json.loads(answer.read())
+    return written
+
+
+def collection(resource: Resource, namespace: str) -> str:
+    """The API path of `resource`'s objects in `namespace`."""
+    prefix = f"/apis/{resource.api_version}" if resource.group else f"/api/{resource.version}"
+    return f"{prefix}/namespaces/{namespace}/{resource.plural}"
+
+
+def admit(kube: FakeKube, namespace: str, obj: Object) -> Object:
+    """Create `obj` through the API server, and so through its admission webhooks: the
+    object as stored."""
+    return api_write(kube, "POST", collection(RESOURCES[obj["kind"]], namespace), obj)

@@ -54,7 +54,7 @@ from .imagestreams import Summary as StreamSummary
 from .kube.client import KubeError
 from .kube.events import InvolvedObject
 from .kube.pullsecrets import PullCredentials
-from .kube.workloads import Workload, Workloads
+from .kube.workloads import IMMUTABLE_TEMPLATES, Workload, Workloads
 from .metrics import Metrics
 from .outcomes import (
     BACKED_UP,
@@ -75,8 +75,6 @@ log = logging.getLogger("image_backup.backfill")
 
 # Set on a workload the pass rewrites: the update that makes the webhook rewrite it.
 BACKFILLED = "image-backup.io/backfilled"
-# A Job's pod template cannot change once created: the API server refuses the update.
-IMMUTABLE_TEMPLATES = frozenset({"Job"})
 
 
 # How the metric image_backup_workload_images names each outcome.

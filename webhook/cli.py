@@ -355,6 +355,51 @@ async def _imagestreams(args: argparse.Namespace, config: Config) -> int:
     return EXIT_FAILED if summary.failures else 0
 
 
+async def _revert(args: argparse.Namespace, config: Config) -> int:
+    """Workloads back to the original images they record: the patches, sent with --apply."""
+    from .config import ConfigError
+
+    if (args.kind is None) != (args.name is None) or (
+        args.kind is not None and (len(args.namespaces or ()) != 1 or args.selector)
+    ):
+        raise ConfigError(
+            "--kind and --name name one object: give both, exactly one --namespace, no --selector"
+        )
+    from .engine import open_engine
+    from .metrics import Metrics
+    from .revert import Revert
+
+    async with _cluster(config, Metrics(), "revert") as cluster, open_engine(config) as engine:
+        one = None
+        if args.kind is not None:
+            kind = await cluster.workloads.kind_named(args.kind)
+            if kind is None:
+                names = ", ".join(k.kind for k in await cluster.workloads.kinds())
+                raise ConfigError(f"--kind {args.kind}: not one of {names}")
+            one = (kind, args.name)
+        revert = Revert(
+            engine,
+            cluster.workloads,
+            pull=cluster.pull,
+            streams=cluster.stream_names is not None,
+            timeout=config.copy_settings.timeout_seconds,
+        )
+        with _counter("workloads") as done:
+            summary = await revert.run(
+                namespaces=args.namespaces or (),
+                selector=args.selector or "",
+                one=one,
+                apply=args.apply,
+                force=args.force,
+                done=done,
+            )
+    if args.output == "json":
+        sys.stdout.buffer.write(summary.to_json() + b"\n")
+    else:
+        print("\n".join(summary.lines()))
+    return EXIT_FAILED if summary.failed() else 0
+
+
 def _history_backup(
     engine: CopyEngine, cluster: Cluster, config: Config, metrics: Metrics | None = None
 ) -> HistoryBackup:
@@ -748,6 +793,33 @@ def _parser() -> argparse.ArgumentParser:
     imagestreams.add_argument("--config", metavar="FILE", action="append", help=CONFIG_HELP)
     imagestreams.set_defaults(command=_imagestreams)
 
+    revert = commands.add_parser(
+        "revert",
+        help="rewrite workloads back to the original images they record (dry run unless --apply)",
+    )
+    _add_namespaces(
+        revert,
+        help_text="only this namespace, opted in or not; repeatable (default: every opted-in one)",
+    )
+    revert.add_argument(
+        "-l", "--selector", metavar="SELECTOR", help="only the objects this label selector selects"
+    )
+    revert.add_argument("--kind", metavar="KIND", help="with --name: only this object")
+    revert.add_argument("--name", metavar="NAME", help="with --kind: only this object")
+    revert.add_argument(
+        "--apply", action="store_true", help="send the patches (default: print them)"
+    )
+    revert.add_argument(
+        "--force", action="store_true", help="also revert to originals that cannot be read"
+    )
+    revert.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="the report's form"
+    )
+    revert.add_argument(
+        "--config", metavar="FILE", action="append", required=True, help=CONFIG_HELP
+    )
+    revert.set_defaults(command=_revert)
+
     status = commands.add_parser(
         "status", help="which running images are protected by a backup, and which are not"
     )
@@ -845,13 +917,13 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_namespaces(parser: argparse._ActionsContainer) -> None:
+def _add_namespaces(
+    parser: argparse._ActionsContainer,
+    *,
+    help_text: str = "only this opted-in namespace; repeatable (default: all of them)",
+) -> None:
     parser.add_argument(
-        "--namespace",
-        action="append",
-        dest="namespaces",
-        metavar="NS",
-        help="only this opted-in namespace; repeatable (default: all of them)",
+        "--namespace", action="append", dest="namespaces", metavar="NS", help=help_text
     )
 
 

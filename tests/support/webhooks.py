@@ -1,8 +1,9 @@
 """`image-backup serve` as a child process over TLS, for tests that talk to it as the API
-server would."""
+server would; and registered with the fake API server as the manifests register it."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import ssl
@@ -17,10 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import yaml
 
+from tests.support.fakekube import MUTATING_WEBHOOK_CONFIGURATIONS, FakeKube
 from tests.support.registries import free_port
 from tests.support.tls import TLSFiles
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 
 @dataclass
@@ -87,3 +92,19 @@ def running_webhook(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def register_webhook(
+    kube: FakeKube, hook: Webhook, tls_ca: TLSFiles, *, openshift: bool = False
+) -> None:
+    """The base manifests' MutatingWebhookConfiguration (with the openshift overlay's
+    DeploymentConfigs: `openshift`), pointed at `hook` by URL."""
+    document = yaml.safe_load((MANIFESTS / "base/mutatingwebhookconfiguration.yaml").read_text())
+    if openshift:
+        overlay = MANIFESTS / "overlays/openshift/mutatingwebhookconfiguration.yaml"
+        document = jsonpatch.apply_patch(document, yaml.safe_load(overlay.read_text()))
+    ca_bundle = base64.b64encode(Path(tls_ca.ca_file).read_bytes()).decode()
+    for webhook in document["webhooks"]:
+        path = webhook["clientConfig"]["service"]["path"]
+        webhook["clientConfig"] = {"url": f"{hook.url}{path}", "caBundle": ca_bundle}
+    kube.store.create(MUTATING_WEBHOOK_CONFIGURATIONS, "", document)

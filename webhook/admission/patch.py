@@ -14,6 +14,8 @@ import orjson
 from .objects import ObjectMeta
 
 ORIGINAL_IMAGES = "image-backup.io/original-images"
+# Its RFC 6901 pointer in an object: "/" in a key is written "~1".
+ORIGINAL_IMAGES_POINTER = "/metadata/annotations/image-backup.io~1original-images"
 
 
 def build_patch(
@@ -33,9 +35,9 @@ def build_patch(
     if not record_originals:
         return ops
     annotations = metadata.annotations if metadata is not None else None
-    originals = _recorded(annotations)
+    originals = recorded_originals(annotations)
     originals.update({container: original for container, original, _ in rewrites.values()})
-    value = orjson.dumps(originals, option=orjson.OPT_SORT_KEYS).decode()
+    value = originals_value(originals)
     if metadata is None:
         ops.append(
             {"op": "add", "path": "/metadata", "value": {"annotations": {ORIGINAL_IMAGES: value}}}
@@ -45,13 +47,19 @@ def build_patch(
             {"op": "add", "path": "/metadata/annotations", "value": {ORIGINAL_IMAGES: value}}
         )
     else:
-        key = ORIGINAL_IMAGES.replace("~", "~0").replace("/", "~1")
-        ops.append({"op": "add", "path": f"/metadata/annotations/{key}", "value": value})
+        ops.append({"op": "add", "path": ORIGINAL_IMAGES_POINTER, "value": value})
     return ops
 
 
-def _recorded(annotations: dict[str, str] | None) -> dict[str, str]:
-    """What an earlier rewrite recorded, kept so an update adds to it rather than erasing it."""
+def originals_value(originals: Mapping[str, str]) -> str:
+    """The annotation's value: container name -> original image, as JSON."""
+    return orjson.dumps(dict(originals), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def recorded_originals(annotations: dict[str, str] | None) -> dict[str, str]:
+    """What earlier rewrites recorded: an update adds to it rather than erasing it, and
+    `image-backup revert` puts it back. Anything but a JSON object of strings counts as
+    nothing recorded."""
     if not annotations:
         return {}
     try:

@@ -23,6 +23,7 @@ from ..text import one_line
 
 TIMEOUT_SECONDS = 30.0  # per request: a hung connection must not hang start-up
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"  # RFC 6902: a list of operations, `test` included
 PAGE_SIZE = 500  # kubectl's chunk size
 RESTARTS = 3  # a list whose continue token expired is restarted at most this often
 
@@ -129,12 +130,17 @@ def raw_request(
     body: object = None,
     *,
     timeout: float = TIMEOUT_SECONDS,
+    content_type: str | None = None,
 ) -> bytes:
-    """The raw answer to one request (a PATCH body is a merge patch, any other the object),
-    for callers that decode it with msgspec: the client's models would build every field of
-    every object. Blocking: run it on a thread."""
+    """The raw answer to one request (a PATCH body is a merge patch unless `content_type`
+    names another, e.g. JSON_PATCH; any other body is the object), for callers that decode
+    it with msgspec: the client's models would build every field of every object. Blocking:
+    run it on a thread."""
     with translated(api, doing):
-        data: bytes = open_request(api, method, path, query, body=body, timeout=timeout).data
+        answer = open_request(
+            api, method, path, query, body=body, timeout=timeout, content_type=content_type
+        )
+        data: bytes = answer.data
     return data
 
 
@@ -146,13 +152,16 @@ def open_request(
     *,
     body: object = None,
     timeout: float | tuple[float, float] = TIMEOUT_SECONDS,
+    content_type: str | None = None,
 ) -> urllib3.BaseHTTPResponse:
     """The answer to one request, its body not read yet (a watch streams it); an answer that
     is not a success raises the client's ApiException. `timeout`: in all, or (to connect,
     between reads). Blocking; call it in `translated`."""
     headers = {"Accept": "application/json"}
     if body is not None:
-        headers["Content-Type"] = MERGE_PATCH if method == "PATCH" else "application/json"
+        headers["Content-Type"] = content_type or (
+            MERGE_PATCH if method == "PATCH" else "application/json"
+        )
     method, url, headers, body, post = api.param_serialize(
         method,
         path,
@@ -203,11 +212,15 @@ def listing(
     decoder: msgspec.json.Decoder[Any],
     *,
     page_size: int = PAGE_SIZE,
+    selector: str = "",
 ) -> AsyncIterator[Any]:
-    """Every page of the list at `path`, decoded (each with a `metadata: ListMeta`)."""
+    """Every page of the list at `path`, decoded (each with a `metadata: ListMeta`);
+    `selector`: only the objects this label selector selects."""
 
     async def fetch(token: str) -> tuple[Any, str]:
         query: list[tuple[str, Any]] = [("limit", page_size)]
+        if selector:
+            query.append(("labelSelector", selector))
         if token:
             query.append(("continue", token))
         raw = await asyncio.to_thread(raw_request, api, "GET", path, query, doing)

@@ -22,10 +22,21 @@ import msgspec
 from kubernetes import client
 
 from ..admission.objects import KubeObject
-from .client import PAGE_SIZE, ListMeta, decoded, listing, raw_request, serves
+from .client import (
+    JSON_PATCH,
+    MERGE_PATCH,
+    PAGE_SIZE,
+    ListMeta,
+    decoded,
+    listing,
+    raw_request,
+    serves,
+)
 
 MODE_LABEL = "image-backup.io/mode"
 MODES = ("enforce", "audit")
+# A Job's pod template cannot change once created: the API server refuses the update.
+IMMUTABLE_TEMPLATES = frozenset({"Job"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +74,7 @@ KINDS = (
 @dataclass(frozen=True, slots=True)
 class Workload:
     namespace: str
-    mode: str  # the namespace's image-backup.io/mode: "enforce" or "audit"
+    mode: str  # the namespace's image-backup.io/mode: "enforce", "audit" ("": not opted in)
     kind: Kind
     obj: KubeObject
 
@@ -121,6 +132,7 @@ class Workloads:
         self._pages = msgspec.json.Decoder(_Page)
         self._objects = msgspec.json.Decoder(KubeObject)
         self._namespace_pages = msgspec.json.Decoder(_Namespaces)
+        self._namespace = msgspec.json.Decoder(_Namespace)
 
     async def namespaces(self, only: Collection[str] = ()) -> list[tuple[str, str]]:
         """(namespace, mode) of every namespace that opted in, by name; `only`: of these."""
@@ -146,24 +158,74 @@ class Workloads:
             self._kinds = (DEPLOYMENT_CONFIGS, *KINDS) if openshift else KINDS
         return self._kinds
 
-    async def in_namespace(self, namespace: str, mode: str) -> AsyncIterator[Workload]:
+    async def mode(self, namespace: str) -> str:
+        """The namespace's image-backup.io/mode ("" if it has none, or another value); a
+        namespace that does not exist is a KubeError (404)."""
+        doing = f"reading namespace {namespace}"
+        raw = await asyncio.to_thread(
+            raw_request, self._api, "GET", f"/api/v1/namespaces/{namespace}", [], doing
+        )
+        meta = decoded(raw, self._namespace, doing).metadata
+        mode = (meta.labels or {}).get(MODE_LABEL) if meta else None
+        return mode if mode in MODES else ""
+
+    async def kind_named(self, name: str) -> Kind | None:
+        """The kind walked here that `name` names, as kubectl takes it: ``Deployment``,
+        ``deployment`` or ``deployments``."""
+        for kind in await self.kinds():
+            if name.lower() in (kind.kind.lower(), kind.plural):
+                return kind
+        return None
+
+    async def in_namespace(
+        self, namespace: str, mode: str, *, selector: str = ""
+    ) -> AsyncIterator[Workload]:
+        """Every workload of the namespace; `selector`: only those this label selector
+        selects (the API server filters)."""
         for kind in await self.kinds():
             path = f"{kind.prefix}/namespaces/{namespace}/{kind.plural}"
             doing = f"listing {kind.plural} in {namespace}"
             async for page in listing(
-                self._api, path, doing, self._pages, page_size=self._page_size
+                self._api, path, doing, self._pages, page_size=self._page_size, selector=selector
             ):
                 for obj in page.items:
                     yield Workload(namespace, mode, kind, obj)
 
+    async def one(self, namespace: str, mode: str, kind: Kind, name: str) -> Workload:
+        """One object, read now; one that does not exist is a KubeError (404)."""
+        doing = f"reading {kind.kind} {namespace}/{name}"
+        path = f"{kind.prefix}/namespaces/{namespace}/{kind.plural}/{name}"
+        raw = await asyncio.to_thread(raw_request, self._api, "GET", path, [], doing)
+        return Workload(namespace, mode, kind, decoded(raw, self._objects, doing))
+
     async def annotate(self, workload: Workload, key: str, value: str) -> KubeObject:
         """Set one annotation on the object, through the API server and so through every
         admission webhook: the object as stored after them."""
-        path = f"{workload.kind.prefix}/namespaces/{workload.namespace}/{workload.kind.plural}"
         body = {"metadata": {"annotations": {key: value}}}
+        return await self._patch(workload, body)
+
+    async def json_patch(
+        self, workload: Workload, operations: list[dict[str, object]]
+    ) -> KubeObject:
+        """Apply an RFC 6902 patch to the object, through the API server and so through
+        every admission webhook: the object as stored after them. A failed `test` operation
+        fails the whole patch (422) and nothing is written."""
+        return await self._patch(workload, operations, content_type=JSON_PATCH)
+
+    async def _patch(
+        self, workload: Workload, body: object, *, content_type: str = MERGE_PATCH
+    ) -> KubeObject:
+        path = f"{workload.kind.prefix}/namespaces/{workload.namespace}/{workload.kind.plural}"
         doing = f"updating {workload.kind.kind} {workload.namespace}/{workload.name}"
         raw = await asyncio.to_thread(
-            raw_request, self._api, "PATCH", f"{path}/{workload.name}", [], doing, body
+            raw_request,
+            self._api,
+            "PATCH",
+            f"{path}/{workload.name}",
+            [],
+            doing,
+            body,
+            content_type=content_type,
         )
         stored: KubeObject = decoded(raw, self._objects, doing)
         return stored
