@@ -19,7 +19,7 @@ import yaml
 
 from tests.helpers import make_config
 from tests.support import images
-from tests.support.fakekube import NAMESPACES, Call, FakeKube
+from tests.support.fakekube import IMAGE_STREAMS, NAMESPACES, Call, FakeKube
 from tests.support.registries import Registry
 from tests.support.tls import TLSFiles
 from tests.support.webhooks import register_webhook, running_webhook
@@ -88,7 +88,10 @@ def stand(
 ) -> Iterator[Stand]:
     config = make_config(
         basic_registry,
-        sources=[{"host": "docker.io", "endpoint": plain_registry.url, "insecure": True}],
+        sources=[
+            {"host": "docker.io", "endpoint": plain_registry.url, "insecure": True},
+            {"host": plain_registry.host, "insecure": True},  # where ImageStreams' images are
+        ],
         docker_config=basic_registry.docker_config,
         prefix=f"r{secrets.token_hex(4)}",
     )
@@ -354,3 +357,50 @@ def test_a_selector_or_one_object(stand: Stand) -> None:
     )
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("image-backup: error: --kind Gadget: not one of ")
+
+
+def test_an_object_the_webhook_rewrites_again_is_a_failure(stand: Stand) -> None:
+    web = stand.admit(workload("Deployment", "web", WEB))
+    stand.mode("audit")
+
+    def enforced_again(call: Call) -> None:
+        if call.method == "PATCH" and call.path.endswith("/deployments/web"):
+            stand.mode("enforce")
+
+    stand.kube.interceptors.append(enforced_again)
+    done = stand.revert("--apply")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    [failure] = [line for line in done.stdout.splitlines() if ": failed: " in line]
+    rewritten = f"{TEAM}/Deployment/web: failed: the update was admitted with {stand.backup.host}/"
+    assert failure.startswith(rewritten) and failure.endswith("(is the namespace enforced again?)")
+    assert images_of(stand.get("Deployment", "web")) == images_of(web)
+
+
+@pytest.mark.parametrize("kube", ["openshift"], indirect=True)
+def test_an_imagestream_name_goes_back_as_written_unchecked_at_docker_hub(
+    stand: Stand, plain_registry: Registry, image_cache: str
+) -> None:
+    made = images.make_image(image_cache, [20_000], seed=7401, fmt="oci")
+    repository = f"samples/app-{secrets.token_hex(3)}"
+    digest = images.push(plain_registry.backdoor_url, repository, "v1", made)
+    item = {"created": "2026-11-30T17:11:05Z", "generation": 1, "image": digest,
+            "dockerImageReference": f"{plain_registry.host}/{repository}@{digest}"}  # fmt: skip
+    stream = {
+        "metadata": {"name": "app"},
+        "spec": {"lookupPolicy": {"local": True}},
+        "status": {"tags": [{"tag": "v1", "items": [item]}]},
+    }
+    stand.kube.store.create(IMAGE_STREAMS, TEAM, stream)
+    web = stand.admit(workload("Deployment", "web", {"app": "app:v1"}))
+    backup = images_of(web)["app"]
+    assert backup.endswith(f"/{repository}@{digest}")  # the stream's image, not Docker Hub's
+    stand.mode("audit")
+
+    done = stand.revert("--apply")
+
+    # docker.io/library/app does not exist: had it been checked, it would be unreadable.
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{TEAM}/Deployment/web: container 'app': {backup} -> app:v1" in done.stdout
+    final = stand.get("Deployment", "web")
+    assert images_of(final) == {"app": "app:v1"} and recorded(final) is None

@@ -23,7 +23,9 @@ What it guarantees:
 * with ``apply``, a namespace still labelled ``image-backup.io/mode=enforce`` is refused:
   the webhook would rewrite every object again at once. Each object is checked as stored
   after admission: an image rewritten again is a failure;
-* at most REVERTS_PER_SECOND updates a second: each may roll a workload out.
+* at most REVERTS_PER_SECOND updates a second: each may roll a workload out;
+* running it again carries on where it stopped: a reverted object records nothing more, so
+  an API server that could not be read (which ends the run) costs nothing but a rerun.
 
 What it does not do: change what a controller made (a Deployment's ReplicaSets and Pods, a
 CronJob's Jobs: their owner is reverted and rolls them) or a Job (its pod template cannot
@@ -59,7 +61,6 @@ from .kube.workloads import IMMUTABLE_TEMPLATES, Kind, Workload, Workloads
 from .naming import BackupNameError
 from .reference import InvalidReference, Reference, parse
 from .registry.copy import CopyEngine
-from .registry.credentials import DockerConfig
 from .text import quoted
 
 # Each update may roll a workload out: a few a second at most.
@@ -173,7 +174,7 @@ class Revert:
         self._pull = pull
         self._streams = streams
         self._timeout = timeout
-        self._readable: dict[tuple[object, ...], asyncio.Task[str]] = {}
+        self._readable: dict[tuple[object, ...], asyncio.Task[str]] = {}  # by original, identity
 
     async def run(
         self,
@@ -228,38 +229,34 @@ class Revert:
         """What to do with the object's recorded containers, and the patch that does it;
         None if it records none."""
         recorded = recorded_originals(workload.annotations)
-        if not recorded:
-            return None
-        found = ObjectRevert(workload.path)
         spec, fields = stored_images(workload.kind.group, workload.kind.kind, workload.obj)
-        fields = [f for f in fields if f.container in recorded]
-        if spec is None:
+        if not recorded or spec is None:
             return None
-        why = _left_whole(workload)
-        if why:
-            found.skipped = why
+        fields = [f for f in fields if f.container in recorded]
+        found = ObjectRevert(workload.path)
+        found.skipped = _left_whole(workload)
+        if found.skipped:
             found.containers = [
                 Container(f.container, f.image, recorded[f.container], SKIPPED) for f in fields
             ]
             return found
-        keyring = None
-        if self._pull is not None:
-            keyring, _ = await self._pull.keyring(workload.namespace, *pull_identity(spec))
+        # Each original to put back is read, all at once (each once per run and identity).
         identity = (workload.namespace, *pull_identity(spec))
+        readings = [self._backup_of(f.image, recorded[f.container]) for f in fields]
+        for image_field, reading in zip(fields, readings, strict=True):
+            key = (recorded[image_field.container], *identity)
+            if reading and key not in self._readable:
+                self._readable[key] = asyncio.create_task(self._problem(key[0], identity))
         kept: dict[str, str] = {}
-        for image_field in fields:
+        for image_field, reading in zip(fields, readings, strict=True):
             original = recorded[image_field.container]
             container = Container(image_field.container, image_field.image, original, CHANGED)
             found.containers.append(container)
-            backup_of = self._backup_of(image_field.image, original)
-            if backup_of is None:
+            if reading is None:
                 continue
-            if backup_of:
-                key = (original, *identity)
-                if key not in self._readable:
-                    self._readable[key] = asyncio.create_task(self._problem(original, keyring))
-                container.detail = await self._readable[key]
             container.outcome = WOULD_REVERT
+            if reading:
+                container.detail = await self._readable[(original, *identity)]
             if container.detail and not force:
                 container.outcome = UNREADABLE
                 kept[container.container] = original
@@ -293,8 +290,12 @@ class Revert:
             return False
         return None
 
-    async def _problem(self, original: str, keyring: DockerConfig | None) -> str:
-        """Why the original cannot be read with those credentials ("": it can)."""
+    async def _problem(self, original: str, identity: tuple[str, str, tuple[str, ...]]) -> str:
+        """Why the original cannot be read with the credentials of a pod of that identity
+        (namespace, ServiceAccount, imagePullSecrets): "" if it can."""
+        keyring = None
+        if self._pull is not None:
+            keyring, _ = await self._pull.keyring(*identity)
         try:
             await self._engine.resolve(
                 parse(original), deadline=time.monotonic() + self._timeout, keyring=keyring
