@@ -334,18 +334,20 @@ def test_a_selector_or_one_object(stand: Stand) -> None:
     other = stand.admit(workload("Deployment", "other", WEB))
     stand.mode("audit")
 
+    before = len(stand.kube.calls)
     selected = stand.revert("--apply", "-l", "tier=front")
+    selecting = stand.kube.calls[before:]
     untouched = stand.get("Deployment", "other")
     one = stand.revert("--apply", "--namespace", TEAM, "--kind", "deployments", "--name", "other")
     half = stand.revert("--kind", "Deployment", "--name", "other")
     unknown = stand.revert("--namespace", TEAM, "--kind", "Gadget", "--name", "other")
+    absent = stand.revert("--namespace", TEAM, "--kind", "Deployment", "--name", "absent")
+    nowhere = stand.revert("--namespace", "nowhere")
 
     assert selected.returncode == 0, selected.stdout + selected.stderr
     assert images_of(stand.get("Deployment", "web")) == WEB
     assert untouched == other
-    lists = [
-        c for c in stand.kube.calls if c.method == "GET" and c.path.endswith(f"/{TEAM}/deployments")
-    ]
+    lists = [c for c in selecting if c.method == "GET" and c.path.endswith(f"/{TEAM}/deployments")]
     assert lists and all(c.query.get("labelSelector") == "tier=front" for c in lists)
     assert one.returncode == 0, one.stdout + one.stderr
     final = stand.get("Deployment", "other")
@@ -357,6 +359,16 @@ def test_a_selector_or_one_object(stand: Stand) -> None:
     )
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("image-backup: error: --kind Gadget: not one of ")
+    # Read by lists, which is all the webhook's own ClusterRole grants: no GET of one object.
+    assert not [c for c in stand.kube.calls if c.method == "GET" and "/other" in c.path]
+    assert (absent.returncode, absent.stderr) == (
+        1,
+        f"image-backup: error: Deployment {TEAM}/absent not found\n",
+    )
+    assert (nowhere.returncode, nowhere.stderr) == (
+        1,
+        "image-backup: error: namespace nowhere not found\n",
+    )
 
 
 def test_an_object_the_webhook_rewrites_again_is_a_failure(stand: Stand) -> None:

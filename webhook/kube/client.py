@@ -213,14 +213,17 @@ def listing(
     *,
     page_size: int = PAGE_SIZE,
     selector: str = "",
+    field_selector: str = "",
 ) -> AsyncIterator[Any]:
     """Every page of the list at `path`, decoded (each with a `metadata: ListMeta`);
-    `selector`: only the objects this label selector selects."""
+    `selector`, `field_selector`: only the objects these label and field selectors select."""
 
     async def fetch(token: str) -> tuple[Any, str]:
         query: list[tuple[str, Any]] = [("limit", page_size)]
         if selector:
             query.append(("labelSelector", selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         if token:
             query.append(("continue", token))
         raw = await asyncio.to_thread(raw_request, api, "GET", path, query, doing)

@@ -26,6 +26,7 @@ from .client import (
     JSON_PATCH,
     MERGE_PATCH,
     PAGE_SIZE,
+    KubeError,
     ListMeta,
     decoded,
     listing,
@@ -132,7 +133,6 @@ class Workloads:
         self._pages = msgspec.json.Decoder(_Page)
         self._objects = msgspec.json.Decoder(KubeObject)
         self._namespace_pages = msgspec.json.Decoder(_Namespaces)
-        self._namespace = msgspec.json.Decoder(_Namespace)
 
     async def namespaces(self, only: Collection[str] = ()) -> list[tuple[str, str]]:
         """(namespace, mode) of every namespace that opted in, by name; `only`: of these."""
@@ -159,15 +159,20 @@ class Workloads:
         return self._kinds
 
     async def mode(self, namespace: str) -> str:
-        """The namespace's image-backup.io/mode ("" if it has none, or another value); a
-        namespace that does not exist is a KubeError (404)."""
-        doing = f"reading namespace {namespace}"
-        raw = await asyncio.to_thread(
-            raw_request, self._api, "GET", f"/api/v1/namespaces/{namespace}", [], doing
-        )
-        meta = decoded(raw, self._namespace, doing).metadata
-        mode = (meta.labels or {}).get(MODE_LABEL) if meta else None
-        return mode if mode in MODES else ""
+        """The namespace's image-backup.io/mode ("" if it has none, or another value). Read
+        by a list (the webhook may list namespaces, not get them); a namespace that does not
+        exist is a KubeError."""
+        async for page in listing(
+            self._api,
+            "/api/v1/namespaces",
+            f"reading namespace {namespace}",
+            self._namespace_pages,
+            field_selector=f"metadata.name={namespace}",
+        ):
+            for item in page.items:
+                mode = (item.metadata.labels or {}).get(MODE_LABEL) if item.metadata else None
+                return mode if mode in MODES else ""
+        raise KubeError(f"namespace {namespace} not found", 404, "NotFound")
 
     async def kind_named(self, name: str) -> Kind | None:
         """The kind walked here that `name` names, as kubectl takes it: ``Deployment``,
@@ -192,11 +197,17 @@ class Workloads:
                     yield Workload(namespace, mode, kind, obj)
 
     async def one(self, namespace: str, mode: str, kind: Kind, name: str) -> Workload:
-        """One object, read now; one that does not exist is a KubeError (404)."""
+        """One object, read now by a list (the webhook may list workloads, not get them);
+        one that does not exist is a KubeError."""
+        path = f"{kind.prefix}/namespaces/{namespace}/{kind.plural}"
         doing = f"reading {kind.kind} {namespace}/{name}"
-        path = f"{kind.prefix}/namespaces/{namespace}/{kind.plural}/{name}"
-        raw = await asyncio.to_thread(raw_request, self._api, "GET", path, [], doing)
-        return Workload(namespace, mode, kind, decoded(raw, self._objects, doing))
+        field_selector = f"metadata.name={name}"
+        async for page in listing(
+            self._api, path, doing, self._pages, field_selector=field_selector
+        ):
+            for obj in page.items:
+                return Workload(namespace, mode, kind, obj)
+        raise KubeError(f"{kind.kind} {namespace}/{name} not found", 404, "NotFound")
 
     async def annotate(self, workload: Workload, key: str, value: str) -> KubeObject:
         """Set one annotation on the object, through the API server and so through every
