@@ -328,10 +328,10 @@ class Revert:
 
 def _left_whole(workload: Workload) -> str:
     """Why the object is not to be reverted at all ("": it is)."""
-    owners = workload.obj.metadata.ownerReferences if workload.obj.metadata else None
-    for owner in owners or ():
-        if owner.controller:
-            return f"controlled by {owner.kind} {owner.name}: revert that instead, it rolls this"
+    owner = workload.controller
+    if owner is not None:
+        controller = f"{owner.kind} {quoted(owner.name or '')}"
+        return f"controlled by {controller}: revert that instead, it rolls this"
     if workload.kind.kind in IMMUTABLE_TEMPLATES:
         return (
             f"a {workload.kind.kind}'s pod template cannot change: it runs from its backups "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 from kubernetes import client
 
-from ..admission.objects import KubeObject
+from ..admission.objects import KubeObject, OwnerReference
 from .client import (
     JSON_PATCH,
     MERGE_PATCH,
@@ -97,11 +97,15 @@ class Workload:
         return self.obj.metadata.annotations if self.obj.metadata else None
 
     @property
-    def controlled(self) -> bool:
-        """Made by a controller (a ReplicaSet's Pods, a CronJob's Jobs): its controller is
-        the object to change, not it."""
+    def controller(self) -> OwnerReference | None:
+        """The owner that controls it (a ReplicaSet's Pods, a CronJob's Jobs), if any: the
+        object to change, not it."""
         owners = self.obj.metadata.ownerReferences if self.obj.metadata else None
-        return any(owner.controller for owner in owners or ())
+        return next((owner for owner in owners or () if owner.controller), None)
+
+    @property
+    def controlled(self) -> bool:
+        return self.controller is not None
 
 
 class _Page(msgspec.Struct, gc=False):
@@ -162,17 +166,18 @@ class Workloads:
         """The namespace's image-backup.io/mode ("" if it has none, or another value). Read
         by a list (the webhook may list namespaces, not get them); a namespace that does not
         exist is a KubeError."""
-        async for page in listing(
+        pages = listing(
             self._api,
             "/api/v1/namespaces",
             f"reading namespace {namespace}",
             self._namespace_pages,
             field_selector=f"metadata.name={namespace}",
-        ):
-            for item in page.items:
-                mode = (item.metadata.labels or {}).get(MODE_LABEL) if item.metadata else None
-                return mode if mode in MODES else ""
-        raise KubeError(f"namespace {namespace} not found", 404, "NotFound")
+        )
+        found = [item.metadata async for page in pages for item in page.items if item.metadata]
+        if not found:
+            raise KubeError(f"namespace {namespace} not found", 404, "NotFound")
+        mode = (found[0].labels or {}).get(MODE_LABEL)
+        return mode if mode in MODES else ""
 
     async def kind_named(self, name: str) -> Kind | None:
         """The kind walked here that `name` names, as kubectl takes it: ``Deployment``,
@@ -201,13 +206,11 @@ class Workloads:
         one that does not exist is a KubeError."""
         path = f"{kind.prefix}/namespaces/{namespace}/{kind.plural}"
         doing = f"reading {kind.kind} {namespace}/{name}"
-        field_selector = f"metadata.name={name}"
-        async for page in listing(
-            self._api, path, doing, self._pages, field_selector=field_selector
-        ):
-            for obj in page.items:
-                return Workload(namespace, mode, kind, obj)
-        raise KubeError(f"{kind.kind} {namespace}/{name} not found", 404, "NotFound")
+        pages = listing(self._api, path, doing, self._pages, field_selector=f"metadata.name={name}")
+        found = [obj async for page in pages for obj in page.items]
+        if not found:
+            raise KubeError(f"{kind.kind} {namespace}/{name} not found", 404, "NotFound")
+        return Workload(namespace, mode, kind, found[0])
 
     async def annotate(self, workload: Workload, key: str, value: str) -> KubeObject:
         """Set one annotation on the object, through the API server and so through every
