@@ -3,8 +3,6 @@ and real registries; and `image-backup status`, which reports on the same worklo
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import secrets
 import subprocess
@@ -35,7 +33,7 @@ from tests.support.fakekube import (
 from tests.support.registries import Registry, RegistryFactory
 from tests.support.tls import TLSFiles
 from tests.support.webhooks import Webhook, register_webhook, running_webhook
-from tests.workloads import KUBERNETES_KINDS, RESOURCES, create, opt_in, workload
+from tests.workloads import KUBERNETES_KINDS, RESOURCES, create, opt_in, pull_secret, workload
 from webhook.admission.patch import ORIGINAL_IMAGES
 from webhook.backfill import BACKFILLED, Backfill, Summary
 from webhook.cluster import Cluster, connect
@@ -77,16 +75,6 @@ def config_for(backup: Registry, hub: Registry, private: Registry, **settings: A
     )
     exclude = msgspec.structs.replace(config.exclude, images=["docker.io/library/alpine:*"])
     return msgspec.structs.replace(config, exclude=exclude, **settings)
-
-
-def pull_secret(registry: Registry) -> dict[str, Any]:
-    login = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
-    content = {"auths": {registry.host: {"auth": login}}}
-    return {
-        "metadata": {"name": "private-pull"},
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": base64.b64encode(json.dumps(content).encode()).decode()},
-    }
 
 
 def populate(

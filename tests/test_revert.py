@@ -4,9 +4,11 @@ as an operator runs it, against real registries."""
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +19,21 @@ import orjson
 import pytest
 import yaml
 
-from tests.helpers import make_config
+from tests.helpers import make_config, tls
 from tests.support import images
-from tests.support.fakekube import IMAGE_STREAMS, NAMESPACES, Call, FakeKube
-from tests.support.registries import Registry
+from tests.support.fakekube import IMAGE_STREAMS, NAMESPACES, SECRETS, Call, FakeKube
+from tests.support.registries import Registry, RegistryFactory
 from tests.support.tls import TLSFiles
 from tests.support.webhooks import register_webhook, running_webhook
-from tests.workloads import RESOURCES, admit, api_write, collection, opt_in, workload
+from tests.workloads import (
+    RESOURCES,
+    admit,
+    api_write,
+    collection,
+    opt_in,
+    pull_secret,
+    workload,
+)
 from webhook.admission.patch import ORIGINAL_IMAGES
 from webhook.admission.pods import POD_SPEC_PATHS
 
@@ -77,9 +87,24 @@ class Stand:
         ]
 
 
+@pytest.fixture(params=[False])
+def private(
+    request: pytest.FixtureRequest, registry_factory: RegistryFactory, image_cache: str
+) -> tuple[Registry, str] | None:
+    """(parametrized True) A private source registry, whose login the webhook lacks (a
+    workload's pull secret has it), and an image in it."""
+    if not request.param:
+        return None
+    registry = registry_factory(tls=True, auth="basic", username="puller")
+    made = images.make_image(image_cache, [30_000], seed=7402, fmt="oci")
+    images.push(registry.backdoor_url, "team/private", "1.0", made)
+    return registry, f"{registry.host}/team/private:1.0"
+
+
 @pytest.fixture
 def stand(
     kube: FakeKube,
+    private: tuple[Registry, str] | None,
     hub: dict[str, images.Image],
     plain_registry: Registry,
     basic_registry: Registry,
@@ -91,6 +116,7 @@ def stand(
         sources=[
             {"host": "docker.io", "endpoint": plain_registry.url, "insecure": True},
             {"host": plain_registry.host, "insecure": True},  # where ImageStreams' images are
+            *([tls(private[0])] if private else []),
         ],
         docker_config=basic_registry.docker_config,
         prefix=f"r{secrets.token_hex(4)}",
@@ -156,12 +182,19 @@ def test_every_kind_goes_back_to_its_originals_and_an_audit_admission_keeps_them
     admitted = {kind: stand.admit(workload(kind, kind.lower(), WEB)) for kind in RESOURCES}
     assert all(recorded(obj) == WEB for obj in admitted.values())  # the webhook's own record
     stand.mode("audit")
+    sent_at: list[float] = []
+    stand.kube.interceptors.append(
+        lambda call: sent_at.append(time.monotonic()) if call.method == "PATCH" else None
+    )
 
     done = stand.revert("--apply")
 
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     reverted = [kind for kind in RESOURCES if kind != "Job"]
+    # A few a second at most: each update may roll a workload out.
+    assert len(sent_at) == len(reverted)
+    assert all(b - a >= 0.15 for a, b in itertools.pairwise(sent_at))
     for kind in reverted:
         stored = stand.get(kind, kind.lower())
         assert images_of(stored) == WEB, kind
@@ -416,3 +449,21 @@ def test_an_imagestream_name_goes_back_as_written_unchecked_at_docker_hub(
     assert f"{TEAM}/Deployment/web: container 'app': {backup} -> app:v1" in done.stdout
     final = stand.get("Deployment", "web")
     assert images_of(final) == {"app": "app:v1"} and recorded(final) is None
+
+
+@pytest.mark.parametrize("private", [True], indirect=True)
+def test_an_original_is_read_with_the_workloads_own_pull_secret(
+    stand: Stand, private: tuple[Registry, str]
+) -> None:
+    registry, image = private
+    stand.kube.store.create(SECRETS, TEAM, pull_secret(registry))
+    pulled_with = {"imagePullSecrets": [{"name": "private-pull"}]}
+    stand.admit(workload("Deployment", "web", {"app": image}, **pulled_with))
+    stand.mode("audit")
+
+    done = stand.revert("--apply")
+
+    # The configured login cannot read it: only the pull secret shows it is still there.
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = stand.get("Deployment", "web")
+    assert images_of(final) == {"app": image} and recorded(final) is None

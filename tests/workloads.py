@@ -7,6 +7,7 @@ other kinds wrap the Deployment's pod template the way their APIs do.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import urllib.request
@@ -14,6 +15,7 @@ from typing import Any
 
 from tests.admission_helpers import sample
 from tests.support.fakekube import NAMESPACES, WORKLOADS, FakeKube, Resource
+from tests.support.registries import Registry
 
 Object = dict[str, Any]
 
@@ -108,3 +110,14 @@ def admit(kube: FakeKube, namespace: str, obj: Object) -> Object:
     """Create `obj` through the API server, and so through its admission webhooks: the
     object as stored."""
     return api_write(kube, "POST", collection(RESOURCES[obj["kind"]], namespace), obj)
+
+
+def pull_secret(registry: Registry) -> Object:
+    """A pull secret (named private-pull) with the registry's login."""
+    login = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+    content = {"auths": {registry.host: {"auth": login}}}
+    return {
+        "metadata": {"name": "private-pull"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(content).encode()).decode()},
+    }
