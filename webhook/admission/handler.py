@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Protocol
 
@@ -11,16 +10,15 @@ import orjson
 from ..config import Config
 from ..events import EventLog
 from ..metrics import Metrics
-from ..reference import Reference
 from ..registry.cache import ExpiringCache, footprint
-from ..registry.client import Repository
-from ..registry.copy import STILL_COPYING, CopyEngine, CopyResult
+from ..registry.copy import CopyEngine, CopyResult
 from ..registry.credentials import DockerConfig
-from ..registry.errors import RegistryError
 from ..text import quoted
+from .audit import audit, through, waiting, warning
+from .copies import Copies, Found
 from .decisions import BackupUses, Decision, Mode, Outcome, Records
 from .exclusion import Exclusions
-from .fallback import BackupRecordsReader, Fallback, FellBack, gone
+from .fallback import BackupRecordsReader, FellBack
 from .notices import Notices, notify
 from .objects import ObjectMeta
 from .patch import ORIGINAL_IMAGES, build_patch
@@ -39,10 +37,6 @@ from .triggers import StreamTagName, triggered
 
 # Whose pull credentials a pod gets: namespace, ServiceAccount, imagePullSecrets.
 Identity = tuple[str, str, tuple[str, ...]]
-# What became of an image that needed a copy: its backup, a failure, None in a dry run
-# (no backup yet), or the backup run from because its source is gone.
-Found = CopyResult | BaseException | None | FellBack
-FALLBACK_SECONDS = 3.0
 
 
 class PullKeyrings(Protocol):
@@ -54,11 +48,6 @@ class PullKeyrings(Protocol):
         ...
 
 
-# The API server prefixes audit annotation keys with the webhook's name and drops keys
-# that are not qualified names; a webhook named image-backup.io yields the audit
-# annotation "image-backup.io/would-back-up".
-WOULD_BACK_UP = "would-back-up"
-MAX_WARNING = 255
 # Answers kept: by count, and by bytes, since a workload's image names may be of any size.
 ANSWER_CACHE_ENTRIES = 4096
 ANSWER_CACHE_BYTES = 16 * 1024 * 1024
@@ -89,17 +78,11 @@ class Admission:
         self._notices = notices
         self._metrics = metrics
         self._budget = config.admission_budget_seconds
-        self._copy_timeout = config.copy_settings.timeout_seconds
         self._allow_on_failure = config.on_failure == "allow"
         self._exclusions = Exclusions(config.exclude.namespaces)
         self._planner = Planner(engine, config.exclude.images)
-        self._fallback = (
-            Fallback(engine, public=config.public_registries(), records=recorded)
-            if config.fallback == "backup"
-            else None
-        )
+        self._copies = Copies(engine, config, metrics, recorded=recorded)
         self._records = Records(metrics, events, uses)
-        self._background: set[asyncio.Task[CopyResult | None]] = set()
         # Controllers create Pod after Pod from one template: the same images, the same
         # answer. Keyed by everything the answer depends on besides the uid.
         self._decisions: ExpiringCache[tuple[object, ...], Decision] = ExpiringCache(
@@ -209,7 +192,7 @@ class Admission:
         reason = f"cannot read this {request.kind}: {request.unreadable}"
         outcome = Outcome(failures=[reason])
         if mode == "audit" or self._allow_on_failure:
-            answer = AdmissionResponse(warnings=[_warning(f"image-backup: {reason}")])
+            answer = AdmissionResponse(warnings=[warning(f"image-backup: {reason}")])
         else:
             answer = AdmissionResponse(allowed=False, message=f"image-backup: {reason}")
         return self._answered(request, mode, answer, outcome, started)
@@ -244,107 +227,22 @@ class Admission:
         refresh = mode == "enforce" and not request.dry_run
         plans = self._planner.plan(fields, keyring, refresh=refresh, streams=streams)
         if mode == "audit":
-            return self._audit(request, plans, outcome)
+            return audit(plans, outcome, self._engine.target_for)
         results: dict[str, Found] = {}
         if any(plan.action is Action.BACK_UP for plan in plans):
             outcome.from_memory = False
-            results = await self._backups(plans, request.dry_run, keyring, deadline)
-            if self._fallback is not None:
-                await self._fall_back(plans, results, request.namespace, deadline)
+            results = await self._copies.backups(
+                plans,
+                dry_run=request.dry_run,
+                keyring=keyring,
+                deadline=deadline,
+                namespace=request.namespace,
+            )
         for plan in plans:
             self._settle(plan, results.get(plan.field.pointer), request.dry_run, outcome)
         return self._response(
             metadata, outcome, record_originals=request.sub_resource != EPHEMERAL_CONTAINERS
         )
-
-    async def _backups(
-        self,
-        plans: list[ImagePlan],
-        dry_run: bool,
-        keyring: DockerConfig | None,
-        deadline: float,
-    ) -> dict[str, Found]:
-        """Run the copies (or, in a dry run, the read-only lookups) for images that need them.
-
-        Copies still running when the budget ends go on in the background, so a
-        retry of the same request finds them done.
-        """
-        wanted = {p.field.pointer: p.source for p in plans if p.action is Action.BACK_UP}
-        if not wanted:
-            return {}
-        tasks: dict[str, asyncio.Task[CopyResult | None]] = {}
-        for pointer, source in wanted.items():
-            assert source is not None
-            work = (
-                self._engine.lookup(source, deadline=deadline, keyring=keyring)
-                if dry_run
-                else self._copy(source, keyring)
-            )
-            task = asyncio.ensure_future(work)
-            tasks[pointer] = task
-            if not dry_run:
-                # Held here so a copy outliving its request is not garbage collected.
-                self._background.add(task)
-                task.add_done_callback(self._finished_in_background)
-        await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - time.monotonic()))
-        results: dict[str, Found] = {}
-        for pointer, task in tasks.items():
-            if not task.done():
-                if dry_run:
-                    task.cancel()  # a dry run leaves nothing behind
-                results[pointer] = TimeoutError(STILL_COPYING)
-            elif task.cancelled():
-                results[pointer] = TimeoutError(STILL_COPYING)
-            else:
-                results[pointer] = task.exception() or task.result()
-        return results
-
-    async def _fall_back(
-        self, plans: list[ImagePlan], results: dict[str, Found], namespace: str, deadline: float
-    ) -> None:
-        """In `results`, the backups to run from for the sources that are gone."""
-        assert self._fallback is not None
-        # A few requests to the backup registry, even when the budget is spent.
-        deadline = max(deadline, time.monotonic() + FALLBACK_SECONDS)
-        lost = []
-        for plan in plans:
-            error = results.get(plan.field.pointer)
-            why = gone(error)
-            if why is not None:
-                assert plan.source is not None and isinstance(error, RegistryError)
-                lost.append((plan.field.pointer, plan.source, error, why))
-        found = await asyncio.gather(
-            *(
-                self._fallback.backup_for(
-                    source, error, why, namespace=namespace, deadline=deadline
-                )
-                for _, source, error, why in lost
-            )
-        )
-        for (pointer, *_), backup in zip(lost, found, strict=True):
-            if backup is not None:
-                results[pointer] = backup
-
-    def _finished_in_background(self, task: asyncio.Task[CopyResult | None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled():
-            task.exception()  # counted in the metrics already; the next request reports it
-
-    async def _copy(self, source: Reference, keyring: DockerConfig | None) -> CopyResult:
-        started = time.monotonic()
-        try:
-            result = await self._engine.backup(
-                source, deadline=started + self._copy_timeout, keyring=keyring
-            )
-        except Exception:
-            self._metrics.copies.labels("failed").inc()
-            raise
-        self._metrics.copied(
-            time.monotonic() - started,
-            already_present=result.already_backed_up,
-            uploaded=result.stats.bytes_uploaded,
-        )
-        return result
 
     def _settle(
         self,
@@ -359,7 +257,7 @@ class Admission:
             outcome.count(plan.action.value)
             return
         if plan.action is Action.WAITING:
-            outcome.warnings.append(_waiting(plan))
+            outcome.warnings.append(waiting(plan))
             outcome.count(plan.action.value)
             return
         if plan.action is Action.REWRITE:
@@ -372,7 +270,7 @@ class Admission:
         if isinstance(result, FellBack):
             backup = str(result.result.backup)
             outcome.rewrites[plan.field.pointer] = (container, image, backup)
-            outcome.warnings.append(_warning(f"container {container!r}: {result.short}"))
+            outcome.warnings.append(warning(f"container {container!r}: {result.short}"))
             outcome.fell_back.append(f"{image}: {result.note}")
             outcome.count("fallback")
             if not dry_run:
@@ -384,12 +282,12 @@ class Admission:
                 outcome.backed_up.append(f"{image} as {backup}")
             outcome.rewrites[plan.field.pointer] = (container, image, backup)
             outcome.warnings.append(
-                _warning(f"container {container!r}: {image}{_through(plan)} is now {backup}")
+                warning(f"container {container!r}: {image}{through(plan)} is now {backup}")
             )
             outcome.count("rewritten")
         elif dry_run and result is None:
             outcome.warnings.append(
-                _warning(f"container {container!r}: {image} would be backed up on a real apply")
+                warning(f"container {container!r}: {image} would be backed up on a real apply")
             )
             outcome.count("would_back_up")
         else:
@@ -404,7 +302,7 @@ class Admission:
         warnings = outcome.warnings
         if outcome.failures:
             warnings = warnings + [
-                _warning(f"admitted without a backup (onFailure: allow): {failure}")
+                warning(f"admitted without a backup (onFailure: allow): {failure}")
                 for failure in outcome.failures
             ]
             outcome.counts["allowed_on_failure"] = len(outcome.failures)
@@ -413,65 +311,3 @@ class Admission:
             or None,
             warnings=warnings or None,
         )
-
-    def _audit(
-        self, request: AdmissionRequest, plans: list[ImagePlan], outcome: Outcome
-    ) -> AdmissionResponse:
-        """What enforce would do, without copying or patching anything."""
-        for plan in plans:
-            if plan.action in (Action.BACK_UP, Action.REWRITE):
-                assert plan.source is not None
-                outcome.trust_until(plan.valid_until)
-                if plan.action is Action.BACK_UP:
-                    outcome.from_memory = False  # its answer changes once the copy exists
-                target = (
-                    str(plan.backup.backup)
-                    if plan.backup is not None
-                    else _unpinned(self._engine.target_for(plan.source), plan.source)
-                )
-                outcome.would_back_up.append(plan.field.image)
-                outcome.warnings.append(
-                    _warning(
-                        f"would back up {quoted(plan.field.image)}{_through(plan)} as {target}"
-                    )
-                )
-                outcome.count("would_back_up")
-            elif plan.action is Action.INVALID:
-                outcome.warnings.append(
-                    _warning(f"could not back up {quoted(plan.field.image)}: {plan.problem}")
-                )
-                outcome.count("failed")
-            elif plan.action is Action.WAITING:
-                outcome.warnings.append(_waiting(plan))
-                outcome.count(plan.action.value)
-            else:
-                outcome.count(plan.action.value)
-        annotations = (
-            {WOULD_BACK_UP: orjson.dumps(outcome.would_back_up).decode()}
-            if outcome.would_back_up
-            else None
-        )
-        return AdmissionResponse(warnings=outcome.warnings or None, audit_annotations=annotations)
-
-
-def _unpinned(target: Repository, source: Reference) -> str:
-    if source.digest:
-        return f"{target}@{source.digest}"
-    return f"{target}:{source.tag}"
-
-
-def _through(plan: ImagePlan) -> str:
-    """How the image was found, when an ImageStream said what it is."""
-    return f" (from {plan.via})" if plan.via else ""
-
-
-def _waiting(plan: ImagePlan) -> str:
-    container = quoted(plan.field.container)
-    return _warning(
-        f"container {container!r}: left for its trigger from {plan.via} to fill;"
-        " the image it writes is backed up then"
-    )
-
-
-def _warning(text: str) -> str:
-    return text if len(text) <= MAX_WARNING else text[: MAX_WARNING - 1] + "…"
