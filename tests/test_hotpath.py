@@ -179,7 +179,9 @@ async def test_a_backup_gone_from_the_backup_registry_is_not_served_while_copied
 ) -> None:
     async with open_engine(moving.config, clock=(clock := Clock(0.0))) as engine:
         await engine.backup(moving.source, deadline=deadline())
-        moving.backup_proxy.add(status(404, method="HEAD", path="/manifests/sha256-", times=1))
+        moving.backup_proxy.add(
+            status(404, method="HEAD", path="/manifests/backup-sha256-", times=1)
+        )
         moving.source_proxy.add(delay(1.0, method="HEAD"))  # asking the source again is slow
         clock.now = TTL
         assert engine.cached(moving.source) is not None

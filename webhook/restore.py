@@ -5,11 +5,11 @@ Which backups: the Ready ImageBackup records of the cluster, or of an export of 
 (``--records``: ``kubectl get -o yaml`` keeps their status); or, for a cluster that has none
 (the old one died with them), the backup registry itself: every repository of its
 catalog under the prefix, decoded back to its source repository by the naming scheme, with
-every digest it keeps (its anchor tags ``sha256-…``) and every named tag. Where to: each
-image's own repository (its registry came back empty), or the same path under another
-registry (``--to-registry``; ``--namespace-map`` renames the first path component, an
-OpenShift namespace). ``--imagestreams`` then points each backed-up ImageStream tag of the
-records at its restored newest image.
+every digest it keeps (its anchor tags ``backup-sha256-…``, or an older backup's
+``sha256-…``) and every named tag. Where to: each image's own repository (its registry came
+back empty), or the same path under another registry (``--to-registry``; ``--namespace-map``
+renames the first path component, an OpenShift namespace). ``--imagestreams`` then points
+each backed-up ImageStream tag of the records at its restored newest image.
 
 What it guarantees: each image is copied by the copy engine, so digest for digest, with
 every platform of an index, and tagged only once everything under it is stored; a tag of

@@ -23,7 +23,13 @@ PULL = "pull"
 PUSH = "pull,push"
 CATALOG = "registry:catalog:*"
 LIST_PAGE = 1000  # names asked per page of a catalog or tag list (registries may send fewer)
-ANCHOR_TAG = re.compile(r"sha256-([0-9a-f]{64})")
+# Every backup's digest is tagged so registry clean-ups of untagged manifests spare it.
+# `backup-sha256-<hex>`: beside OCI 1.1's referrers fallback tag (`sha256-<hex>`, an index of
+# what refers to the digest, which signing tools push) and cosign's `sha256-<hex>.sig`,
+# `.att` and `.sbom`, colliding with none. Backups made before were anchored by
+# `sha256-<hex>` itself (OLD_ANCHOR), and are still recognized by it.
+ANCHOR_PREFIX = "backup-"
+ANCHOR_TAG = re.compile(r"(?:backup-)?sha256-([0-9a-f]{64})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,11 @@ class Repository:
 
 def anchor_tag(digest: str) -> str:
     """A tag per digest, so registry clean-ups of untagged manifests spare pinned backups."""
+    return ANCHOR_PREFIX + old_anchor_tag(digest)
+
+
+def old_anchor_tag(digest: str) -> str:
+    """The anchor of backups made before `anchor_tag` moved off OCI's referrers tag."""
     algorithm, _, hex_digest = digest.partition(":")
     return f"{algorithm}-{hex_digest}"
 

@@ -26,7 +26,7 @@ from ..naming import Scheme
 from ..reference import Reference
 from ..text import one_line
 from .cache import ExpiringCache, footprint
-from .client import RegistryClient, Repository, anchor_tag, reading_blob
+from .client import RegistryClient, Repository, anchor_tag, old_anchor_tag, reading_blob
 from .credentials import Credential, DockerConfig
 from .errors import (
     CorruptTransfer,
@@ -426,7 +426,10 @@ class CopyEngine:
     ) -> _Tree:
         digest, dst = backup.digest, _repo(backup)
         assert digest is not None
-        if await self._holds(dst, digest, deadline):
+        anchored = await self._anchored(dst, digest, deadline)
+        if anchored == old_anchor_tag(digest):  # made before the anchor moved: anchor it anew
+            await self._ensure_tag(dst, anchor_tag(digest), digest, None, deadline)
+        if anchored is not None:
             return _Tree(None, CopyStats())
         job = _Job(_repo(source), dst, deadline, keyring)
         if self._coordinator is None:
@@ -447,12 +450,18 @@ class CopyEngine:
         return copied[0] if copied else _Tree(None, CopyStats())
 
     async def _holds(self, dst: Repository, digest: str, deadline: float) -> bool:
-        # Asking with push scope also sets up the target's authorization once,
-        # before blobs fan out.
-        present = await self._client.head_manifest(
-            dst, anchor_tag(digest), deadline=deadline, push=True
-        )
-        return present is not None and present.digest == digest
+        return await self._anchored(dst, digest, deadline) is not None
+
+    async def _anchored(self, dst: Repository, digest: str, deadline: float) -> str | None:
+        """The anchor tag keeping `digest` in `dst` (the old one for a backup made before
+        the anchor moved), or None if it holds no backup of it."""
+        for tag in (anchor_tag(digest), old_anchor_tag(digest)):
+            # Asking with push scope also sets up the target's authorization once,
+            # before blobs fan out.
+            present = await self._client.head_manifest(dst, tag, deadline=deadline, push=True)
+            if present is not None and present.digest == digest:
+                return tag
+        return None
 
     async def _copy_new(self, job: _Job, digest: str) -> _Tree:
         # A repository that never had a tag holds at most left-overs of an interrupted
