@@ -20,8 +20,8 @@ from kubernetes import client
 
 from tests.support.fakekube import IMAGE_BACKUPS, Call, FakeKube, KubeError
 from webhook.kube import records as records_module
+from webhook.kube.client import CONFLICT_RETRIES, api_client
 from webhook.kube.client import KubeError as ClientError
-from webhook.kube.client import api_client
 from webhook.kube.records import (
     BackupRecords,
     ReadyBackup,
@@ -681,7 +681,7 @@ async def test_stream_tags_give_up_after_a_few_conflicts(
     with pytest.raises(ClientError) as caught:
         await note(open_records("replica-a"), stream_tag("prod", "2026-11-01T09:00:00Z"))
     assert caught.value.status == 409
-    assert len(spec_writes(fake_kube)) == records_module.CONFLICT_RETRIES
+    assert len(spec_writes(fake_kube)) == CONFLICT_RETRIES
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"  # RFC 6902: a list of operations, `test` included
 PAGE_SIZE = 500  # kubectl's chunk size
 RESTARTS = 3  # a list whose continue token expired is restarted at most this often
+CONFLICT_RETRIES = 5  # a write made on what was read is made again after a 409, this often
 
 P = TypeVar("P")
 
@@ -231,3 +232,15 @@ def listing(
         return page, (page.metadata.continue_ if page.metadata else None) or ""
 
     return pages(fetch)
+
+
+async def until_written(doing: str, attempt: Callable[[], Awaitable[bool]]) -> None:
+    """Run `attempt` (a read, then a write conditional on what it read) until it says it
+    wrote; False means another writer came between, so it reads again. A KubeError 409 when
+    others changed the object every time."""
+    for _ in range(CONFLICT_RETRIES):
+        if await attempt():
+            return
+    raise KubeError(
+        f"{doing}: changed by others {CONFLICT_RETRIES} times in a row", 409, "Conflict"
+    )

@@ -39,8 +39,8 @@ from .client import (
     raw_request,
     serves,
     translated,
+    until_written,
 )
-from .records import CONFLICT_RETRIES
 
 GROUP, VERSION, PLURAL = "image.openshift.io", "v1", "imagestreams"
 PREFIX = f"/apis/{GROUP}/{VERSION}"
@@ -217,7 +217,10 @@ class ImageStreams:
         appears there once OpenShift has imported it from the pull spec."""
         path = f"{PREFIX}/namespaces/{namespace}/{PLURAL}"
         doing = f"writing ImageStream {namespace}/{name}"
-        for _ in range(CONFLICT_RETRIES):
+        created = False
+
+        async def attempt() -> bool:
+            nonlocal created
             try:
                 raw = await asyncio.to_thread(
                     raw_request, self._api, "GET", f"{path}/{name}", [], doing
@@ -241,11 +244,12 @@ class ImageStreams:
             except KubeError as exc:
                 if exc.status != 409:  # a conflict, or created meanwhile: read it again
                     raise
-                continue
-            return method == "POST"
-        raise KubeError(
-            f"{doing}: changed by others {CONFLICT_RETRIES} times in a row", 409, "Conflict"
-        )
+                return False
+            created = method == "POST"
+            return True
+
+        await until_written(doing, attempt)
+        return created
 
     async def in_namespace(self, namespace: str) -> AsyncIterator[ImageStream]:
         """Every ImageStream of the namespace, a page at a time."""

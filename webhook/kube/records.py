@@ -33,7 +33,7 @@ from kubernetes import client, watch
 from ..events import event_message
 from ..registry.copy import STILL_COPYING, Stored
 from ..text import one_line
-from .client import PAGE_SIZE, TIMEOUT_SECONDS, KubeError, pages, translated
+from .client import PAGE_SIZE, TIMEOUT_SECONDS, KubeError, pages, translated, until_written
 
 log = logging.getLogger("image_backup.records")
 
@@ -43,7 +43,6 @@ WATCH_SECONDS = 5  # each watch stream at most: then staleness is judged again
 MESSAGE_LIMIT = 1000
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-CONFLICT_RETRIES = 5  # writes of ImageStream tags read again after a 409, this often at most
 STREAM_LABEL_PREFIX = "imagestreams.image-backup.io/"
 LABEL_NAME_LIMIT = 63
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
@@ -202,11 +201,12 @@ class BackupRecords:
         now = self._now()
         for key, namespaces in list(self._readers.items()):
             try:
-                self._read_by[key] = await self._add_readers(record_name(*key), namespaces)
+                await self._add_readers(record_name(*key), namespaces)
             except KubeError as exc:
                 if exc.status != 404:
                     log.warning(event_message("imagebackup_readers_unrecorded", error=str(exc)))
                     return
+            self._read_by[key] = self._read_by.get(key, frozenset()) | namespaces
             self._readers.pop(key, None)
         self._touched = {k: at for k, at in self._touched.items() if now - at < self._touch_every}
         for key in [k for k in self._noted if k not in self._touched]:
@@ -250,15 +250,8 @@ class BackupRecords:
             return
         name = record_name(backup_repo, digest)
         spec = {"source": source, "backup": backup, "digest": digest}
-        for _ in range(CONFLICT_RETRIES):
-            if await self._add_stream_tags(name, spec, tags):
-                return
-        raise KubeError(
-            f"noting ImageStream tags on {self._what(name)}: changed by others "
-            f"{CONFLICT_RETRIES} times in a row",
-            409,
-            "Conflict",
-        )
+        doing = f"noting ImageStream tags on {self._what(name)}"
+        await until_written(doing, lambda: self._add_stream_tags(name, spec, tags, doing))
 
     async def ready(self) -> list[ReadyBackup]:
         """The backups recorded as Ready: to start with what other replicas made, and to
@@ -312,42 +305,47 @@ class BackupRecords:
             for record in page:
                 yield record
 
-    async def _add_readers(self, name: str, namespaces: set[str]) -> frozenset[str]:
+    async def _add_readers(self, name: str, namespaces: set[str]) -> None:
         """Add `namespaces` to the record's spec.readBy, a write conditional on the version
-        read (another replica adds its own at the same time); the readers it then has."""
-        for _ in range(CONFLICT_RETRIES):
+        read (another replica adds its own at the same time)."""
+        doing = f"noting readers of {self._what(name)}"
+
+        async def attempt() -> bool:
             record = await self._read(name)
             if record is None:
-                raise KubeError(f"noting readers of {self._what(name)}: gone", 404, "NotFound")
+                raise KubeError(f"{doing}: gone", 404, "NotFound")
             known = frozenset((record.get("spec") or {}).get("readBy") or ())
             merged = known | namespaces
             if merged == known:
-                return known
-            patch = {
-                "metadata": {"resourceVersion": record["metadata"]["resourceVersion"]},
-                "spec": {"readBy": sorted(merged)},
-            }
-            try:
-                await self._request(
-                    f"noting readers of {self._what(name)}",
-                    self._custom.patch_namespaced_custom_object,
-                    name,
-                    patch,
-                    _content_type=MERGE_PATCH,
-                )
-            except KubeError as exc:
-                if exc.status != 409:
-                    raise
-                continue
-            return merged
-        raise KubeError(
-            f"noting readers of {self._what(name)}: changed by others {CONFLICT_RETRIES} "
-            "times in a row",
-            409,
-            "Conflict",
-        )
+                return True
+            return await self._patch_as_read(record, {"spec": {"readBy": sorted(merged)}}, doing)
 
-    async def _add_stream_tags(self, name: str, spec: Object, tags: Sequence[StreamTag]) -> bool:
+        await until_written(doing, attempt)
+
+    async def _patch_as_read(self, record: Object, patch: Object, doing: str) -> bool:
+        """Merge `patch` into the record as it was read; False when another writer changed
+        (409) or deleted (404) it since."""
+        metadata = {
+            **patch.get("metadata", {}),
+            "resourceVersion": record["metadata"]["resourceVersion"],
+        }
+        try:
+            await self._request(
+                doing,
+                self._custom.patch_namespaced_custom_object,
+                record["metadata"]["name"],
+                {**patch, "metadata": metadata},
+                _content_type=MERGE_PATCH,
+            )
+        except KubeError as exc:
+            if exc.status not in (404, 409):
+                raise
+            return False
+        return True
+
+    async def _add_stream_tags(
+        self, name: str, spec: Object, tags: Sequence[StreamTag], doing: str
+    ) -> bool:
         """One try of note_stream_tags; False when the record was made, changed or deleted
         by someone else between this replica's read and its write."""
         labels = {stream_label(tag.namespace, tag.image_stream): "true" for tag in tags}
@@ -360,23 +358,8 @@ class BackupRecords:
         merged = _merged_stream_tags(known, tags)
         if merged == known and labels.items() <= (metadata.get("labels") or {}).items():
             return True
-        patch = {
-            "metadata": {"resourceVersion": metadata["resourceVersion"], "labels": labels},
-            "spec": {"imageStreamTags": merged},
-        }
-        try:
-            await self._request(
-                f"noting ImageStream tags on {self._what(name)}",
-                self._custom.patch_namespaced_custom_object,
-                name,
-                patch,
-                _content_type=MERGE_PATCH,
-            )
-        except KubeError as exc:
-            if exc.status not in (404, 409):
-                raise
-            return False
-        return True
+        patch = {"metadata": {"labels": labels}, "spec": {"imageStreamTags": merged}}
+        return await self._patch_as_read(record, patch, doing)
 
     async def _acquire(
         self,
