@@ -33,7 +33,16 @@ from kubernetes import client, watch
 from ..events import event_message
 from ..registry.copy import STILL_COPYING, Stored
 from ..text import one_line
-from .client import PAGE_SIZE, TIMEOUT_SECONDS, KubeError, pages, translated, until_written
+from .client import (
+    JSON_PATCH,
+    MERGE_PATCH,
+    PAGE_SIZE,
+    TIMEOUT_SECONDS,
+    KubeError,
+    pages,
+    translated,
+    until_written,
+)
 
 log = logging.getLogger("image_backup.records")
 
@@ -41,8 +50,6 @@ GROUP, VERSION, PLURAL, KIND = "image-backup.io", "v1alpha1", "imagebackups", "I
 COPYING, READY, FAILED = "Copying", "Ready", "Failed"
 WATCH_SECONDS = 5  # each watch stream at most: then staleness is judged again
 MESSAGE_LIMIT = 1000
-MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 STREAM_LABEL_PREFIX = "imagestreams.image-backup.io/"
 LABEL_NAME_LIMIT = 63
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
