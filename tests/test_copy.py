@@ -315,8 +315,14 @@ async def test_copying_again_after_a_restart_transfers_nothing(
         result = await fresh_engine.backup(source, deadline=deadline())
 
     assert result.already_backed_up
-    # Only the tag was resolved (besides probing whether the registry speaks TLS).
-    assert [e.method for e in source_proxy.log if unique_repo in e.path] == ["HEAD"]
+    # The tag was resolved (besides probing whether the registry speaks TLS), and, new to
+    # this process, the backup's referrers looked for: no manifest or blob was read.
+    asked = [(e.method, e.path) for e in source_proxy.log if unique_repo in e.path]
+    assert asked == [
+        ("HEAD", f"/v2/{unique_repo}/manifests/v1"),
+        ("GET", f"/v2/{unique_repo}/tags/list"),
+        ("GET", f"/v2/{unique_repo}/referrers/{image.digest}"),
+    ]
 
 
 async def test_resolve_falls_back_to_get_when_head_gives_no_digest(

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .reference import Reference
     from .registry.client import Repository
     from .registry.copy import CopyEngine
+    from .registry.referrers import Artifact
     from .tls import ReloadingCertificate
 
 EXIT_FAILED = 1
@@ -128,7 +129,17 @@ async def _copy(args: argparse.Namespace, config: Config) -> int:
         if bar is not None:
             bar.close()
     print(result.backup)
+    for artifact in result.referrers.artifacts if result.referrers else ():
+        # Beside the backup, not in place of it: stdout stays the one reference scripts read.
+        print(_referrer_line(artifact), file=sys.stderr)
     return 0
+
+
+def _referrer_line(artifact: Artifact) -> str:
+    """One artifact that travels with the image, as `image-backup copy` reports it."""
+    kind = f" ({artifact.artifact_type})" if artifact.artifact_type else ""
+    line = f"{artifact.outcome.value}: {artifact.name}{kind}, refers to {artifact.subject}"
+    return f"{line}: {artifact.error}" if artifact.error else line
 
 
 async def _resolve(args: argparse.Namespace, config: Config) -> int:
@@ -187,7 +198,8 @@ async def _serve_with(
     metrics = Metrics()
     async with connect(config, metrics) as cluster:
         coordinator = cluster.coordinator if cluster is not None else None
-        async with open_engine(config, coordinator=coordinator) as engine:
+        observer = coordinator or metrics
+        async with open_engine(config, coordinator=coordinator, observer=observer) as engine:
             if cluster is not None:
                 await warm(cluster, engine)
             reviewer = Admission(
@@ -307,7 +319,9 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
 
     async with (
         _cluster(config, Metrics(), "backfill") as cluster,
-        open_engine(config, coordinator=cluster.coordinator) as engine,
+        open_engine(
+            config, coordinator=cluster.coordinator, observer=cluster.coordinator
+        ) as engine,
     ):
         backfill = Backfill(
             engine,
@@ -342,7 +356,9 @@ async def _imagestreams(args: argparse.Namespace, config: Config) -> int:
 
     async with (
         _cluster(config, Metrics(), "imagestreams") as cluster,
-        open_engine(config, coordinator=cluster.coordinator) as engine,
+        open_engine(
+            config, coordinator=cluster.coordinator, observer=cluster.coordinator
+        ) as engine,
     ):
         histories = _history_backup(engine, cluster, config)
         if not await histories.available():

@@ -30,6 +30,7 @@ from .kube.workloads import Workloads
 from .metrics import Metrics
 from .registry.client import Repository
 from .registry.copy import CopyEngine, Stored
+from .registry.referrers import Carried
 
 log = logging.getLogger("image_backup.cluster")
 
@@ -60,6 +61,7 @@ class Coordination:
 
     def __init__(self, records: BackupRecords, metrics: Metrics) -> None:
         self._records = records
+        self._metrics = metrics
         self._made_by = metrics.coordinated
         self._warnings = Throttle()
 
@@ -94,6 +96,14 @@ class Coordination:
             result = stored[0]
         self._made_by.labels("this_replica" if stored else "other_replica").inc()
         return result
+
+    async def carried(self, backup_repo: Repository, digest: str, carried: Carried) -> None:
+        """Count what a carrying of referrers did, and write it on the backup's record."""
+        await self._metrics.carried(backup_repo, digest, carried)
+        try:
+            await self._records.note_referrers(str(backup_repo), digest, carried)
+        except KubeError as exc:
+            self._warn(exc)
 
     def _warn(self, exc: KubeError) -> None:
         if self._warnings.due():

@@ -113,6 +113,10 @@ class CopySettings(_Section, frozen=True):
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=128)] = 8
     timeout_seconds: Seconds = 600.0
     tag_cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # Signatures, attestations and SBOMs travel with each image (OCI 1.1 referrers and
+    # cosign's tags); `artifact_types` limits which (empty: all).
+    referrers: bool = True
+    artifact_types: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
 
 
 class Records(_Section, frozen=True):

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 from .config import Config
 from .registry.client import RegistryClient
-from .registry.copy import Coordinator, CopyEngine, Progress
+from .registry.copy import Coordinator, CopyEngine, Progress, ReferrerObserver
 from .registry.credentials import DockerConfig
+from .registry.referrers import Carrier
 from .registry.transport import Transport
 
 
@@ -25,19 +26,25 @@ async def open_engine(
     progress: Progress | None = None,
     coordinator: Coordinator | None = None,
     *,
+    observer: ReferrerObserver | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[CopyEngine]:
-    """`clock` times the lifetimes of remembered results."""
+    """`clock` times the lifetimes of remembered results; `observer` is told what each
+    carrying of referrers did."""
     settings = config.copy_settings
     async with Transport(config.endpoints(), configured_credentials(config)) as transport:
+        client = RegistryClient(transport)
+        carrier = Carrier(client, artifact_types=settings.artifact_types)
         engine = CopyEngine(
-            RegistryClient(transport),
+            client,
             config.backup_registry.scheme(),
             concurrency=settings.concurrency,
             tag_ttl=settings.tag_cache_seconds,
             timeout=settings.timeout_seconds,
             progress=progress,
             coordinator=coordinator,
+            referrers=carrier if settings.referrers else None,
+            observer=observer,
             clock=clock,
         )
         try:

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .registry.client import Repository
+    from .registry.referrers import Carried
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
 _COPY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
@@ -149,6 +154,14 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.referrers = Counter(
+            "image_backup_referrers_total",
+            "Artifacts referring to backed-up images (signatures, attestations, SBOMs), by "
+            "what carrying them did: carried, present (held already), skipped (an artifact "
+            "type copy.artifactTypes leaves out), failed (tried again later).",
+            ["result"],
+            registry=self.registry,
+        )
         self.coordinated = Counter(
             "image_backup_coordinated_copies_total",
             "Copies needed by this replica, by who made them (ImageBackup records).",
@@ -164,6 +177,11 @@ class Metrics:
         else:
             self.copies.labels("copied").inc()
             self.copied_bytes.inc(uploaded)
+
+    async def carried(self, backup_repo: Repository, digest: str, carried: Carried) -> None:
+        """What one carrying of a backup's referrers did (the copy engine's observer)."""
+        for artifact in carried.artifacts:
+            self.referrers.labels(artifact.outcome.value).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -42,7 +42,7 @@ from .kube.imagestreams import ImageStreams
 from .kube.records import ReadyBackup, StreamTag
 from .naming import BackupNameError, Scheme, same_registry
 from .reference import InvalidReference, Reference, parse
-from .registry.client import ANCHOR_TAG, RegistryClient, Repository
+from .registry.client import ANCHOR_TAG, COSIGN_TAG, RegistryClient, Repository
 from .registry.copy import CopyEngine
 from .registry.errors import RegistryError, Side
 
@@ -252,13 +252,21 @@ class Restore:
         """Each digest the backup repository keeps (by anchor tag or named tag), with the
         named tags pointing at it."""
         by_digest: dict[str, list[str]] = {}
-        named = []
+        named, old = [], []
         for tag in await self._client.tags(backup, deadline=deadline):
             anchored = ANCHOR_TAG.fullmatch(tag)
-            if anchored:
-                by_digest.setdefault(f"sha256:{anchored[1]}", [])
-            else:
+            if anchored and anchored[1]:
+                by_digest.setdefault(f"sha256:{anchored[2]}", [])
+            elif anchored:
+                old.append(tag)
+            elif not COSIGN_TAG.fullmatch(tag):  # cosign's tags travel with their image
                 named.append(tag)
+        for tag in old:
+            # An old anchor holds the image it names; OCI's referrers index of that digest,
+            # under the same tag, does not (the referrers travel with the image).
+            found = await self._client.head_manifest(backup, tag, deadline=deadline)
+            if found is not None and found.digest == f"sha256:{tag.partition('-')[2]}":
+                by_digest.setdefault(found.digest, [])
         for tag in sorted(named):
             found = await self._client.head_manifest(backup, tag, deadline=deadline)
             if found is not None and found.digest:

@@ -32,6 +32,7 @@ from kubernetes import client, watch
 
 from ..events import event_message
 from ..registry.copy import STILL_COPYING, Stored
+from ..registry.referrers import Artifact, Carried
 from ..text import one_line
 from .client import (
     JSON_PATCH,
@@ -259,6 +260,37 @@ class BackupRecords:
         spec = {"source": source, "backup": backup, "digest": digest}
         doing = f"noting ImageStream tags on {self._what(name)}"
         await until_written(doing, lambda: self._add_stream_tags(name, spec, tags, doing))
+
+    async def note_referrers(self, backup_repo: str, digest: str, carried: Carried) -> None:
+        """Write on the backup's record what travels with it: spec.referrers, the artifacts
+        the backup holds (those recorded before kept: a backup never loses one), and
+        status.referrerFailures, what the latest carrying could not carry ([] once all did).
+        A backup without a record gets none: its copy was not coordinated."""
+        name = record_name(backup_repo, digest)
+        doing = f"noting the referrers of {self._what(name)}"
+        failures = [_failure_entry(artifact) for artifact in carried.failures]
+
+        async def attempt() -> bool:
+            record = await self._read(name)
+            if record is None:
+                return True
+            known = (record.get("spec") or {}).get("referrers") or []
+            merged = _merged_referrers(known, carried)
+            if merged != known and not await self._patch_as_read(
+                record, {"spec": {"referrers": merged}}, doing
+            ):
+                return False
+            if (record.get("status") or {}).get("referrerFailures", []) != failures:
+                await self._request(
+                    doing,
+                    self._custom.patch_namespaced_custom_object_status,
+                    name,
+                    {"status": {"referrerFailures": failures}},
+                    _content_type=MERGE_PATCH,
+                )
+            return True
+
+        await until_written(doing, attempt)
 
     async def ready(self) -> list[ReadyBackup]:
         """The backups recorded as Ready: to start with what other replicas made, and to
@@ -701,6 +733,27 @@ def _merged_stream_tags(known: list[Object], tags: Sequence[StreamTag]) -> list[
         }
         for item in ordered
     ]
+
+
+def _merged_referrers(known: list[Object], carried: Carried) -> list[Object]:
+    """spec.referrers holding the recorded artifacts and those `carried` holds, each once,
+    in a stable order (so, for the no-op check)."""
+    entries = {(e.get("subject"), e.get("digest"), e.get("tag", "")): e for e in known}
+    for artifact in carried.held:
+        entry = {
+            "subject": artifact.subject,
+            "digest": artifact.digest,
+            "artifactType": artifact.artifact_type,
+        }
+        if artifact.tag:
+            entry["tag"] = artifact.tag
+        entries.setdefault((artifact.subject, artifact.digest, artifact.tag), entry)
+    return sorted(entries.values(), key=lambda e: (str(e.get("subject")), str(e.get("digest"))))
+
+
+def _failure_entry(artifact: Artifact) -> Object:
+    entry = {"subject": artifact.subject, "artifact": artifact.name, "message": artifact.error}
+    return {k: v[:MESSAGE_LIMIT] for k, v in entry.items()}
 
 
 def _timestamp(at: datetime) -> str:

@@ -16,20 +16,23 @@ from yarl import URL
 
 from .credentials import Credential, DockerConfig
 from .errors import NotFound, Operation, RegistryError, Side, TransientError
-from .media import ACCEPT, Descriptor, Manifest, parse_manifest, verify_digest
+from .media import ACCEPT, OCI_INDEX, Descriptor, Manifest, parse_manifest, verify_digest
 from .transport import Transport, describe
 
 PULL = "pull"
 PUSH = "pull,push"
 CATALOG = "registry:catalog:*"
 LIST_PAGE = 1000  # names asked per page of a catalog or tag list (registries may send fewer)
+LIST_PAGES = 100  # pages of referrers of one digest, at most: a registry that loops ends
 # Every backup's digest is tagged so registry clean-ups of untagged manifests spare it.
 # `backup-sha256-<hex>`: beside OCI 1.1's referrers fallback tag (`sha256-<hex>`, an index of
 # what refers to the digest, which signing tools push) and cosign's `sha256-<hex>.sig`,
 # `.att` and `.sbom`, colliding with none. Backups made before were anchored by
 # `sha256-<hex>` itself (OLD_ANCHOR), and are still recognized by it.
 ANCHOR_PREFIX = "backup-"
-ANCHOR_TAG = re.compile(r"(?:backup-)?sha256-([0-9a-f]{64})")
+ANCHOR_TAG = re.compile(r"(backup-)?sha256-([0-9a-f]{64})")  # group 1: not the old anchor
+# cosign's tags of a digest: a signature, attestations, an SBOM. They travel with the image.
+COSIGN_TAG = re.compile(r"sha256-[0-9a-f]{64}\.(?:sig|att|sbom)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +77,8 @@ def _manifest(repo: Repository, doing: str, reference: str, *, backup: bool) -> 
     """An operation on a manifest, named as a person would: an anchor tag (which nobody
     asked for by that name) as the backup tag of its digest."""
     anchored = ANCHOR_TAG.fullmatch(reference)
-    if anchored:
-        what = f"the backup tag for sha256:{anchored[1]}"
+    if anchored and anchored[1]:  # (an old anchor's tag is also OCI's referrers tag)
+        what = f"the backup tag for sha256:{anchored[2]}"
     else:
         what = f"{'manifest' if _is_digest(reference) else 'tag'} {reference}"
     return _on(repo, f"{doing} {what}", backup=backup)
@@ -117,13 +120,61 @@ class RegistryClient:
             host, "/v2/_catalog", "repositories", "", [CATALOG], operation, deadline
         )
 
-    async def tags(self, repo: Repository, *, deadline: float) -> list[str]:
+    async def tags(
+        self, repo: Repository, *, deadline: float, keyring: DockerConfig | None = None
+    ) -> list[str]:
         """Every tag of `repo` (`/v2/<name>/tags/list`), a page at a time; [] if it has none."""
         operation = Operation(f"listing the tags of {repo.path}", repo.host)
         path = f"/v2/{repo.path}/tags/list"
         return await self._names(
-            repo.host, path, "tags", repo.path, [repo.scope(PULL)], operation, deadline
+            repo.host, path, "tags", repo.path, [repo.scope(PULL)], operation, deadline, keyring
         )
+
+    async def referrers(
+        self,
+        repo: Repository,
+        digest: str,
+        *,
+        deadline: float,
+        push: bool = False,
+        keyring: DockerConfig | None = None,
+    ) -> list[Descriptor] | None:
+        """The manifests whose subject is `digest`, by the OCI 1.1 referrers API (every page
+        the `Link` header names); None where the registry has no such API (it answers 404,
+        which a registry that has it never does)."""
+        operation = _on(repo, f"listing the referrers of {digest}", backup=push)
+        found: list[Descriptor] = []
+        target: str | URL = f"/v2/{repo.path}/referrers/{digest}"
+        for _ in range(LIST_PAGES):
+            response = await self._transport.request(
+                repo.host,
+                "GET",
+                target,
+                repository=repo.path,
+                scopes=[repo.scope(PUSH if push else PULL)],
+                deadline=deadline,
+                operation=operation,
+                headers={"Accept": OCI_INDEX},
+                ok=(200, 404),
+                keyring=keyring,
+            )
+            try:
+                async with response:
+                    raw = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise TransientError(describe(exc), operation) from None
+            if response.status == 404:
+                return None
+            try:
+                index = parse_manifest(raw, response.headers.get("Content-Type"))
+            except RegistryError as exc:
+                raise exc.during(operation) from None
+            found.extend(index.children)
+            following = response.links.get("next")
+            if not following or not index.children:
+                return found
+            target = response.url.join(URL(str(following["url"]), encoded=True))
+        raise RegistryError(f"more than {LIST_PAGES} pages of referrers", operation)
 
     async def _names(
         self,
@@ -134,6 +185,7 @@ class RegistryClient:
         scopes: list[str],
         operation: Operation,
         deadline: float,
+        keyring: DockerConfig | None = None,
     ) -> list[str]:
         """A paginated list: `n` per page, the next page where the `Link` header says."""
         names: list[str] = []
@@ -147,7 +199,7 @@ class RegistryClient:
                 scopes=scopes,
                 deadline=deadline,
                 operation=operation,
-                keyring=None,
+                keyring=keyring,
             )
             try:
                 async with response:
@@ -253,7 +305,9 @@ class RegistryClient:
 
     async def put_manifest(
         self, repo: Repository, reference: str, manifest: Manifest, *, deadline: float
-    ) -> None:
+    ) -> str:
+        """Store the manifest's exact bytes. Returns the `OCI-Subject` the registry answered
+        ("" if none): a registry with the referrers API says so when it indexed a referrer."""
         operation = _manifest(repo, "writing", reference, backup=True)
         response = await self._transport.request(
             repo.host,
@@ -273,6 +327,7 @@ class RegistryClient:
             raise RegistryError(
                 f"the registry stored it as {stored}, not {manifest.digest}", operation
             )
+        return response.headers.get("OCI-Subject", "")
 
     async def blob_exists(self, repo: Repository, digest: str, *, deadline: float) -> bool:
         path = f"/v2/{repo.path}/blobs/{digest}"

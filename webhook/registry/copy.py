@@ -38,7 +38,8 @@ from .errors import (
 )
 from .flight import SingleFlight
 from .known import KnownBlobs
-from .media import IMAGE_CONFIG_TYPES, Descriptor, Manifest, platform_of_config
+from .media import IMAGE_CONFIG_TYPES, INDEX_TYPES, Descriptor, Manifest, platform_of_config
+from .referrers import Carried, Carrier, failed
 from .retry import retrying
 
 A = TypeVar("A")
@@ -57,6 +58,13 @@ REFRESH_SHARE = 0.25
 # the re-check's outcome is seen soon after it lands.
 STALE_ANSWER_SECONDS = 1.0
 RESULT_CACHE_BYTES = 32 << 20  # about 10,000 results of ordinary names
+# An existing backup's referrers are carried again at its next use once this long has passed
+# (new signatures reach the backup), or this soon after a carrying that failed in part.
+REFERRERS_EVERY = 600.0
+REFERRERS_RETRY = 60.0
+# Referrers get this share of the time left to a copy at most: the image's own tag comes
+# after them, and they never make it miss its deadline.
+REFERRERS_SHARE = 0.5
 
 ResultKey = tuple[Reference, Repository, str | None, Credential | None]
 
@@ -73,6 +81,12 @@ class Stored:
     size: int  # bytes of every manifest and blob
     platforms: tuple[str, ...]  # as the index or the image config names them
     blobs: tuple[str, ...]  # every blob digest, all platforms
+
+
+class ReferrerObserver(Protocol):
+    """Told what each carrying of a backup's referrers did (records, metrics)."""
+
+    async def carried(self, backup_repo: Repository, digest: str, carried: Carried) -> None: ...
 
 
 class Coordinator(Protocol):
@@ -125,6 +139,7 @@ class CopyResult:
     stats: CopyStats = field(default_factory=CopyStats)
     already_backed_up: bool = False  # the target held this digest before this copy
     from_cache: bool = False  # answered from memory, no registry asked
+    referrers: Carried | None = None  # what this copy carried along (None: none were due)
 
     @property
     def digest(self) -> str:
@@ -140,6 +155,8 @@ class CopyResult:
 class _Tree:
     manifest: Manifest | None  # None: the target already had it
     stats: CopyStats
+    referrers: Carried | None = None
+    is_index: bool = False  # (what the target said of the one it had)
 
 
 @dataclass(slots=True)
@@ -165,11 +182,16 @@ class CopyEngine:
         cache_bytes: int = RESULT_CACHE_BYTES,
         progress: Progress | None = None,
         coordinator: Coordinator | None = None,
+        referrers: Carrier | None = None,
+        observer: ReferrerObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`timeout`: for the re-checks (and the copies they start) nobody waits on."""
+        """`timeout`: for the re-checks (and the copies they start) nobody waits on.
+        `referrers`: what carries each backup's referrers (None: they stay behind)."""
         self._client = client
         self._coordinator = coordinator
+        self._carrier = referrers
+        self._observer = observer
         self._scheme = scheme
         self._slots = asyncio.Semaphore(concurrency)
         self._tag_ttl = tag_ttl
@@ -184,6 +206,10 @@ class CopyEngine:
             cache_entries, clock, max_bytes=cache_bytes // 4, weigh=footprint
         )
         self._trees: SingleFlight[tuple[str, Repository], _Tree] = SingleFlight()
+        # Backups whose referrers were carried lately: not due again yet.
+        self._carried: ExpiringCache[tuple[Repository, str], None] = ExpiringCache(
+            cache_entries, clock, max_bytes=cache_bytes // 4, weigh=footprint
+        )
         self._blobs: SingleFlight[tuple[str, Repository], BlobOutcome] = SingleFlight()
         self._rechecks: SingleFlight[ResultKey, None] = SingleFlight()
         self._copies: SingleFlight[ResultKey, CopyResult] = SingleFlight()
@@ -395,8 +421,15 @@ class CopyEngine:
         if tag:
             await self._ensure_tag(target, tag, digest, tree.manifest, deadline)
             self._tagged.put((target, tag), digest, None)
-        result = CopyResult(source, backup, tree.stats, already_backed_up=tree.manifest is None)
-        self._remember(key, replace(result, from_cache=True), digest_only=bool(source.digest))
+        result = CopyResult(
+            source,
+            backup,
+            tree.stats,
+            already_backed_up=tree.manifest is None,
+            referrers=tree.referrers,
+        )
+        remembered = replace(result, from_cache=True, referrers=None)
+        self._remember(key, remembered, digest_only=bool(source.digest))
         return result
 
     def _tag_holds(self, key: ResultKey) -> bool:
@@ -424,13 +457,62 @@ class CopyEngine:
         deadline: float,
         keyring: DockerConfig | None,
     ) -> _Tree:
+        """The image's tree, then its referrers when they are due: always for a new backup
+        (a verifier admitting the rewritten workload looks for them at once), for an
+        existing one at its first use here and every REFERRERS_EVERY after."""
+        tree = await self._image_tree(source, backup, deadline, keyring)
+        digest, dst = backup.digest, _repo(backup)
+        assert digest is not None
+        if self._carrier is None or self._carried.get((dst, digest)) is not None:
+            return tree
+        job = _Job(_repo(source), dst, deadline, keyring, check_existing=True)
+        carried = await self._carry(job, digest, tree)
+        return replace(tree, referrers=carried)
+
+    async def _carry(self, job: _Job, digest: str, tree: _Tree) -> Carried:
+        """Carry the referrers of the backup's every manifest digest, within a share of
+        the time left; what fails is reported and tried again REFERRERS_RETRY later."""
+        assert self._carrier is not None
+        job.deadline = time.monotonic() + (job.deadline - time.monotonic()) * REFERRERS_SHARE
+        try:
+            manifest = tree.manifest
+            if manifest is None and tree.is_index:  # its platforms have referrers too
+                manifest = await self._client.get_manifest(
+                    job.dst, digest, deadline=job.deadline, push=True
+                )
+            children = manifest.children if manifest is not None else ()
+            subjects = [digest, *(child.digest for child in children)]
+            carried = await self._carrier.carry(
+                src=job.src,
+                dst=job.dst,
+                subjects=subjects,
+                store=lambda artifact, reference: self._copy_manifest(job, artifact, reference),
+                deadline=job.deadline,
+                keyring=job.keyring,
+            )
+        except RegistryError as exc:
+            carried = failed(digest, exc, "finding its referrers")
+        every = REFERRERS_RETRY if carried.failures else REFERRERS_EVERY
+        self._carried.put((job.dst, digest), None, every)
+        if self._observer is not None and carried.artifacts:
+            await self._observer.carried(job.dst, digest, carried)
+        return carried
+
+    async def _image_tree(
+        self,
+        source: Reference,
+        backup: Reference,
+        deadline: float,
+        keyring: DockerConfig | None,
+    ) -> _Tree:
         digest, dst = backup.digest, _repo(backup)
         assert digest is not None
         anchored = await self._anchored(dst, digest, deadline)
-        if anchored == old_anchor_tag(digest):  # made before the anchor moved: anchor it anew
+        if anchored is not None and anchored[0] == old_anchor_tag(digest):
+            # Made before the anchor moved: anchor it anew.
             await self._ensure_tag(dst, anchor_tag(digest), digest, None, deadline)
         if anchored is not None:
-            return _Tree(None, CopyStats())
+            return _Tree(None, CopyStats(), is_index=anchored[1].media_type in INDEX_TYPES)
         job = _Job(_repo(source), dst, deadline, keyring)
         if self._coordinator is None:
             return await self._copy_new(job, digest)
@@ -452,15 +534,17 @@ class CopyEngine:
     async def _holds(self, dst: Repository, digest: str, deadline: float) -> bool:
         return await self._anchored(dst, digest, deadline) is not None
 
-    async def _anchored(self, dst: Repository, digest: str, deadline: float) -> str | None:
+    async def _anchored(
+        self, dst: Repository, digest: str, deadline: float
+    ) -> tuple[str, Descriptor] | None:
         """The anchor tag keeping `digest` in `dst` (the old one for a backup made before
-        the anchor moved), or None if it holds no backup of it."""
+        the anchor moved) and what it holds, or None if it holds no backup of it."""
         for tag in (anchor_tag(digest), old_anchor_tag(digest)):
             # Asking with push scope also sets up the target's authorization once,
             # before blobs fan out.
             present = await self._client.head_manifest(dst, tag, deadline=deadline, push=True)
             if present is not None and present.digest == digest:
-                return tag
+                return tag, present
         return None
 
     async def _copy_new(self, job: _Job, digest: str) -> _Tree:
@@ -469,7 +553,9 @@ class CopyEngine:
         job.check_existing, manifest = await _both(
             self._client.has_tags(job.dst, deadline=job.deadline), self._fetch_manifest(job, digest)
         )
-        work = [self._copy_manifest(job, manifest, anchor_tag(digest))]
+        work: list[Coroutine[Any, Any, object]] = [
+            self._copy_manifest(job, manifest, anchor_tag(digest))
+        ]
         if self._coordinator is not None and not manifest.is_index:
             work.append(self._note_platform(job, manifest.blobs[0]))
         await _all(work)
@@ -494,8 +580,9 @@ class CopyEngine:
         if platform:
             job.platforms.append(platform)
 
-    async def _copy_manifest(self, job: _Job, manifest: Manifest, reference: str) -> None:
-        """Everything a manifest points at first, then the manifest itself."""
+    async def _copy_manifest(self, job: _Job, manifest: Manifest, reference: str) -> str:
+        """Everything a manifest points at first, then the manifest itself; the
+        `OCI-Subject` the target answered ("" if none)."""
         job.manifest_bytes += len(manifest.raw)
         if manifest.is_index:
             job.platforms.extend(child.platform for child in manifest.children if child.platform)
@@ -506,8 +593,11 @@ class CopyEngine:
                 job.blobs[blob.digest] = blob.size
             await _all(self._copy_blob(job, blob) for blob in manifest.blobs)
         async with self._slots:
-            await self._client.put_manifest(job.dst, reference, manifest, deadline=job.deadline)
+            announced = await self._client.put_manifest(
+                job.dst, reference, manifest, deadline=job.deadline
+            )
         job.stats.manifests_copied += 1
+        return announced
 
     async def _copy_child(self, job: _Job, child: Descriptor) -> None:
         manifest = await self._fetch_manifest(job, child.digest)
@@ -675,7 +765,7 @@ def _repo(ref: Reference) -> Repository:
     return Repository(ref.registry, ref.repository)
 
 
-async def _all(work: Iterable[Coroutine[Any, Any, None]]) -> None:
+async def _all(work: Iterable[Coroutine[Any, Any, object]]) -> None:
     """Run concurrently; on the first failure cancel the rest and raise that failure itself."""
     try:
         async with asyncio.TaskGroup() as group:

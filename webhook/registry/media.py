@@ -52,6 +52,7 @@ class Descriptor:
     digest: str
     size: int
     platform: str = ""  # "linux/arm64/v8", for the manifests of an index that say
+    artifact_type: str = ""  # what a referrers index says a referrer is
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +124,13 @@ def _descriptor(value: object) -> Descriptor:
         raise ValueError(f"unsupported descriptor digest {quoted(str(digest))}")
     if not isinstance(size, int) or size < 0:
         raise ValueError(f"bad descriptor size {quoted(str(size))}")
+    artifact_type = value.get("artifactType")
     return Descriptor(
-        str(value.get("mediaType", "")), digest, size, _platform(value.get("platform"))
+        str(value.get("mediaType", "")),
+        digest,
+        size,
+        _platform(value.get("platform")),
+        artifact_type if isinstance(artifact_type, str) else "",
     )
 
 
