@@ -26,9 +26,9 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 import aiohttp
 from aiohttp import web
@@ -246,14 +246,14 @@ class FaultProxy:
         *,
         username: str | None = None,
         password: str | None = None,
-    ) -> FaultProxy:
+    ) -> Self:
         return cls(upstream_url, ca_file, username=username, password=password)
 
     def stop(self) -> None:
         self._served.stop()
         shutil.rmtree(self._tmpdir, ignore_errors=True)
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -366,20 +366,39 @@ class FaultProxy:
             request.transport.abort()
             raise _Aborted
 
+        return await self._forward(request, rule)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        rule: Rule | None,
+        *,
+        body: bytes | None = None,
+        on_response: Callable[[aiohttp.ClientResponse], Mapping[str, str]] | None = None,
+    ) -> web.StreamResponse:
+        """Forward ``request`` upstream and relay the answer, with ``rule``'s fault (corrupt,
+        reset_after, drop_header) if any.
+
+        The hooks of a subclass that answers some requests itself or adds to answers
+        (:class:`~tests.support.referrersproxy.ReferrersProxy`): ``body`` is the request body
+        when it has read it already; ``on_response`` sees the upstream answer before it is
+        relayed and returns headers to add to it.
+        """
+        kind = rule.kind if rule is not None else None
         # a multidict: clients send repeated headers (e.g. one Accept per media type)
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP
         )
         headers["X-Forwarded-Proto"] = "http"
-        body: AsyncIterator[bytes] | None = None
-        if request.body_exists:
-            body = request.content.iter_chunked(_CHUNK)
+        data: AsyncIterator[bytes] | bytes | None = body
+        if body is None and request.body_exists:
+            data = request.content.iter_chunked(_CHUNK)
         try:
             up_cm = self._get_session().request(
                 request.method,
                 self.upstream_url + request.path_qs,
                 headers=headers,
-                data=body,
+                data=data,
                 allow_redirects=False,
             )
             up = await up_cm.__aenter__()
@@ -392,8 +411,13 @@ class FaultProxy:
                 self._record(request, up.status, kind)
                 raise _Aborted
             dropped = rule.header.lower() if rule is not None and kind == "drop_header" else ""
+            extra = on_response(up) if on_response is not None else {}
             return await self._relay(
-                request, up, corrupt=rule is not None and kind == "corrupt", dropped=dropped
+                request,
+                up,
+                corrupt=rule is not None and kind == "corrupt",
+                dropped=dropped,
+                extra=extra,
             )
         finally:
             await up_cm.__aexit__(None, None, None)
@@ -402,10 +426,16 @@ class FaultProxy:
         return [(k, v) for k, v in up.headers.items() if k.lower() not in _HOP_BY_HOP]
 
     async def _relay(
-        self, request: web.Request, up: aiohttp.ClientResponse, *, corrupt: bool, dropped: str = ""
+        self,
+        request: web.Request,
+        up: aiohttp.ClientResponse,
+        *,
+        corrupt: bool,
+        dropped: str = "",
+        extra: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=up.status, reason=up.reason)
-        for k, v in self._response_headers(up):
+        for k, v in [*self._response_headers(up), *(extra or {}).items()]:
             if k.lower() == dropped:
                 continue
             if k.lower() == "content-length":

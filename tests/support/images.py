@@ -2,7 +2,8 @@
 
 Images are deterministic functions of ``(layer_sizes, seed, fmt, platform)`` and are cached in
 ``cache_dir``: blobs live in ``cache_dir/blobs/sha256/<hex>`` and are always streamed from
-disk, never held whole in memory (the benchmarks use 200 MB layers).
+disk, never held whole in memory (the benchmarks use 200 MB layers). Only the small blobs of
+signatures, attestations and SBOMs (``tests/support/artifacts.py``) live in memory.
 
 Each layer is a tar holding one file of seeded random bytes, wrapped in gzip with zlib level 0
 (stored blocks: fast to produce, still valid gzip, so copy tools keep it byte-for-byte).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import os
 import random
@@ -20,9 +22,9 @@ import tarfile
 import threading
 import urllib.parse
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal, Protocol
 
 __all__ = [
     "ALL_MANIFEST_TYPES",
@@ -40,13 +42,16 @@ __all__ = [
     "Format",
     "Image",
     "Index",
+    "Pushable",
     "blob_exists",
     "delete_manifest",
+    "get_blob",
     "get_manifest",
     "make_image",
     "make_index",
     "manifest_exists",
     "push",
+    "put_manifest",
     "read_back",
     "schema1_manifest_body",
     "sha256_digest",
@@ -85,8 +90,24 @@ def sha256_digest(data: bytes) -> str:
 class Blob:
     digest: str
     size: int
-    path: str  # file holding exactly the blob's bytes
+    path: str  # file holding exactly the blob's bytes ("" for an in-memory blob)
     media_type: str
+    # the bytes themselves, for small blobs made in memory (signatures, SBOMs): no cache dir
+    data: bytes | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def in_memory(cls, data: bytes, media_type: str) -> Blob:
+        return cls(sha256_digest(data), len(data), "", media_type, data)
+
+    def open(self) -> BinaryIO:
+        """The blob's bytes as a binary file, from memory or from disk."""
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        return open(self.path, "rb")
+
+    def read_bytes(self) -> bytes:
+        with self.open() as f:
+            return f.read()
 
     def descriptor(self) -> dict[str, Any]:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -170,6 +191,20 @@ class Index:
 
 
 Artifact = Image | Index
+
+
+class Pushable(Protocol):
+    """What :func:`push` needs: an :class:`Image`, an :class:`Index`, or one of the
+    signatures, attestations and referrers of ``tests/support/artifacts.py``."""
+
+    @property
+    def digest(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def manifest_bytes(self) -> bytes: ...
+    @property
+    def blobs(self) -> Mapping[str, Blob]: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +490,7 @@ def _push_blob(c: _Conn, repository: str, blob: Blob) -> None:
         raise RuntimeError("upload start returned no Location")
     path = _path_of(location, c.base)
     path += ("&" if "?" in path else "?") + urllib.parse.urlencode({"digest": blob.digest})
-    with open(blob.path, "rb") as f:
+    with blob.open() as f:
         resp = c.request(
             "PUT",
             path,
@@ -469,7 +504,9 @@ def _push_blob(c: _Conn, repository: str, blob: Blob) -> None:
         )
 
 
-def _put_manifest(c: _Conn, repository: str, ref: str, body: bytes, media_type: str) -> None:
+def _put_manifest(
+    c: _Conn, repository: str, ref: str, body: bytes, media_type: str
+) -> http.client.HTTPMessage:
     resp = c.request(
         "PUT",
         f"/v2/{repository}/manifests/{ref}",
@@ -482,10 +519,11 @@ def _put_manifest(c: _Conn, repository: str, ref: str, body: bytes, media_type: 
     got = resp.getheader("Docker-Content-Digest")
     if got is not None and got != sha256_digest(body):
         raise RuntimeError(f"registry computed {got} for manifest {sha256_digest(body)}")
+    return resp.headers
 
 
-def push(backdoor_url: str, repository: str, tag: str | None, artifact: Artifact) -> str:
-    """Push an image or index (blobs, then children by digest, then the top level).
+def push(backdoor_url: str, repository: str, tag: str | None, artifact: Pushable) -> str:
+    """Push an image, index or artifact (blobs, then children by digest, then the top level).
 
     The top level is pushed by ``tag`` if given, otherwise by digest. Returns its digest.
     """
@@ -499,6 +537,25 @@ def push(backdoor_url: str, repository: str, tag: str | None, artifact: Artifact
             c, repository, tag or artifact.digest, artifact.manifest_bytes, artifact.media_type
         )
     return artifact.digest
+
+
+def put_manifest(
+    backdoor_url: str,
+    repository: str,
+    ref: str,
+    body: bytes,
+    media_type: str,
+    blobs: Iterable[Blob] = (),
+) -> http.client.HTTPMessage:
+    """Push ``blobs`` (those not there yet), then one manifest at ``ref`` (tag or digest).
+
+    Returns the headers of the manifest PUT's answer, for what a registry says there (such
+    as OCI 1.1's ``OCI-Subject``).
+    """
+    with _Conn(backdoor_url) as c:
+        for blob in blobs:
+            _push_blob(c, repository, blob)
+        return _put_manifest(c, repository, ref, body, media_type)
 
 
 def get_manifest(backdoor_url: str, repository: str, reference: str) -> tuple[bytes, str] | None:
@@ -623,6 +680,21 @@ def tags(backdoor_url: str, repository: str) -> list[str]:
             raise _fail(f"GET tags of {repository}", resp)
         doc = json.loads(resp.read())
         return sorted(doc.get("tags") or [])
+
+
+def get_blob(backdoor_url: str, repository: str, digest: str) -> bytes | None:
+    """A (small) blob's bytes, checked against its digest; None if absent."""
+    with _Conn(backdoor_url) as c:
+        resp = c.request("GET", f"/v2/{repository}/blobs/{digest}")
+        if resp.status == 404:
+            resp.read()
+            return None
+        if resp.status != 200:
+            raise _fail(f"GET blob {repository}@{digest}", resp)
+        data = resp.read()
+    if sha256_digest(data) != digest:
+        raise AssertionError(f"blob {repository}@{digest} has wrong content")
+    return data
 
 
 def blob_exists(backdoor_url: str, repository: str, digest: str) -> bool:
