@@ -1,5 +1,5 @@
-"""Shared fixtures: real registries, a token server, test images, a fault proxy and a fake
-Kubernetes API server.
+"""Shared fixtures: real registries, a token server, test images, a fault proxy, a referrers
+proxy and a fake Kubernetes API server.
 
 Everything lives under one session temp dir in /tmp, removed at the end of the session.
 Nothing here imports the product (``webhook``).
@@ -29,6 +29,7 @@ from tests.support.accounts import (
 )
 from tests.support.fakekube import FakeKube
 from tests.support.faultproxy import FaultProxy, FaultProxyFactory
+from tests.support.referrersproxy import DEFAULT_PAGE_SIZE, ReferrersProxy, ReferrersProxyFactory
 from tests.support.registries import AuthMode, Registry, RegistryFactory, start_registry
 from tests.support.tls import TLSFiles, generate_tls
 from tests.support.tokenserver import TokenServer
@@ -203,15 +204,8 @@ def fault_proxy() -> Iterator[FaultProxyFactory]:
     def factory(
         target: Registry | str, ca_file: str | None = None, *, credentials: bool = True
     ) -> FaultProxy:
-        if isinstance(target, Registry):
-            proxy = FaultProxy.start(
-                target.url,
-                ca_file or target.ca_file,
-                username=target.username if credentials else None,
-                password=target.password if credentials else None,
-            )
-        else:
-            proxy = FaultProxy.start(target, ca_file)
+        upstream, ca, username, password = _upstream(target, ca_file, credentials)
+        proxy = FaultProxy.start(upstream, ca, username=username, password=password)
         proxies.append(proxy)
         return proxy
 
@@ -220,6 +214,58 @@ def fault_proxy() -> Iterator[FaultProxyFactory]:
     finally:
         for proxy in proxies:
             proxy.stop()
+
+
+@pytest.fixture
+def referrers_proxy() -> Iterator[ReferrersProxyFactory]:
+    """``referrers_proxy(target, ca_file=None, *, credentials=True, page_size=1000,
+    announce_subject=True) -> ReferrersProxy``.
+
+    ``target`` as for ``fault_proxy``: with the proxy in front, the registry has OCI 1.1's
+    referrers API. Proxies are stopped at the end of the test.
+    """
+    proxies: list[ReferrersProxy] = []
+
+    def factory(
+        target: Registry | str,
+        ca_file: str | None = None,
+        *,
+        credentials: bool = True,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        announce_subject: bool = True,
+    ) -> ReferrersProxy:
+        upstream, ca, username, password = _upstream(target, ca_file, credentials)
+        proxy = ReferrersProxy.start(
+            upstream,
+            ca,
+            username=username,
+            password=password,
+            page_size=page_size,
+            announce_subject=announce_subject,
+        )
+        proxies.append(proxy)
+        return proxy
+
+    try:
+        yield factory
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+def _upstream(
+    target: Registry | str, ca_file: str | None, credentials: bool
+) -> tuple[str, str | None, str | None, str | None]:
+    """(url, CA, username, password) of what a proxy fronts: a registry's front door (with
+    its credentials, for the proxy's docker_config, unless not ``credentials``) or a URL."""
+    if isinstance(target, Registry):
+        return (
+            target.url,
+            ca_file or target.ca_file,
+            target.username if credentials else None,
+            target.password if credentials else None,
+        )
+    return target, ca_file, None, None
 
 
 @pytest.fixture
