@@ -11,6 +11,10 @@ repository, skopeo and ours interleaved (their order alternating between repetit
   operator runs it, against skopeo's whole process: start-up, imports and all. It runs from
   an installed layout (see ``install``), not from this checkout's editable install, whose
   import hooks and uncompiled sources an operator's installation does not have.
+* the cost of carrying referrers (REFERRERS_CASE against PLAIN_CASE, both ours): the same
+  image, once with 3 artifacts referring to it (a cosign signature at its ``.sig`` tag, an
+  SBOM attached by OCI 1.1's fallback tag, a signature of that SBOM) and once with none.
+  skopeo copies the image alone either way.
 
 Every copy is checked: the target must serve the source's digest (``skopeo inspect``), and
 on the first repetition every blob of ours is read back and hashed. Exit status 1 if a bar
@@ -34,7 +38,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.support.images import Artifact, make_image, make_index, push, read_back
+from tests.support import artifacts
+from tests.support.images import (
+    Artifact,
+    Image,
+    get_manifest,
+    make_image,
+    make_index,
+    push,
+    read_back,
+)
 from tests.support.registries import Registry, start_registry
 from tests.support.skopeo import inspect_raw_digest
 
@@ -44,6 +57,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RSS_CASE, RSS_BAR_MB = "3x200MB", 80.0
 # `image-backup copy` against `skopeo copy`, each a whole process: time ratio and peak RSS.
 WHOLE_CASE, WHOLE_BAR, WHOLE_RSS_BAR_MB = "3x200MB", 0.9, 70.0
+# The same image with 3 referrers against it without: time ratio, ours each.
+REFERRERS_CASE, PLAIN_CASE, REFERRERS_BAR = "5x20MB-3referrers", "5x20MB", 1.5
+SPDX = "application/spdx+json"
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class Case:
     seed: int  # an index's arm64 image uses seed + 1
     index: bool = False  # a linux/amd64 + linux/arm64 OCI index (skopeo --all)
     cross_repo: bool = False  # the target already holds the blobs in another repository
+    referrers: bool = False  # 3 artifacts refer to it (see REFERRERS_CASE)
     bar: float | None = None  # highest passing ratio ours/skopeo
 
     @property
@@ -71,6 +88,7 @@ CASES = (
     Case("40x256KB", (256 * KB,) * 40, seed=4, bar=0.6),
     Case("index-2x3x10MB", (10 * MB,) * 3, seed=5, index=True, bar=0.8),
     Case("cross-repo", (20 * MB,) * 5, seed=2, cross_repo=True, bar=0.25),  # the 5x20MB image
+    Case(REFERRERS_CASE, (20 * MB,) * 5, seed=2, referrers=True),  # the 5x20MB image
 )
 
 
@@ -228,6 +246,35 @@ def verify(target: Registry, repo: str, expected: str, what: str) -> None:
         raise RuntimeError(f"{what}: {target.host}/{repo}:{TAG} is {got}, expected {expected}")
 
 
+def attach_referrers(
+    source: Registry, repository: str, image: Artifact
+) -> list[artifacts.ArtifactManifest]:
+    """A cosign signature, an SBOM by the fallback tag and a signature of the SBOM."""
+    assert isinstance(image, Image)
+    key = artifacts.generate_key()
+    signed_as = f"{source.host}/{repository}"
+    signature = artifacts.cosign_signature(key, image.digest, signed_as)
+    artifacts.push_artifact(source.backdoor_url, repository, signature.tag, signature)
+    sbom = artifacts.oci_referrer(image.descriptor(), SPDX, b'{"spdxVersion":"SPDX-2.3"}', SPDX)
+    sbom_signature = artifacts.oci_signature(key, sbom.descriptor(), signed_as)
+    for referrer in (sbom, sbom_signature):
+        artifacts.attach_by_fallback_tag(source.backdoor_url, repository, referrer)
+    return [signature, sbom, sbom_signature]
+
+
+def verify_referrers_index(
+    target: Registry, repo: str, image: str, made: list[artifacts.ArtifactManifest]
+) -> None:
+    """The backup's fallback tag lists the image's OCI referrer, its .sig tag is the source's."""
+    signature, sbom, _ = made
+    got = get_manifest(target.backdoor_url, repo, artifacts.fallback_tag(image))
+    listed = [] if got is None else [m["digest"] for m in json.loads(got[0])["manifests"]]
+    if listed != [sbom.digest] or inspect_raw_digest(target, f"{repo}:{signature.tag}") != (
+        signature.digest
+    ):
+        raise RuntimeError(f"{target.host}/{repo}: the referrers did not travel with the image")
+
+
 def build(case: Case, cache: str) -> Artifact:
     if not case.index:
         return make_image(cache, case.layers, seed=case.seed, fmt="oci")
@@ -275,6 +322,7 @@ class Bench:
             )
         self.digests: dict[str, str] = {}
         self.results: dict[str, Samples] = {}
+        self.referrers: dict[str, list[artifacts.ArtifactManifest]] = {}
         self.python = install(work)
 
     def prepare(self, case: Case) -> None:
@@ -282,6 +330,8 @@ class Bench:
         artifact = build(case, os.path.join(self.work, "images"))
         self.digests[case.name] = push(self.source.backdoor_url, f"src/{case.slug}", "v1", artifact)
         self.results[case.name] = Samples()
+        if case.referrers:
+            self.referrers[case.name] = attach_referrers(self.source, f"src/{case.slug}", artifact)
 
     def skopeo(self, case: Case, rep: int) -> None:
         src_ref, repo = f"src/{case.slug}:v1", f"bench/{case.slug}/skopeo-{rep}"
@@ -306,6 +356,10 @@ class Bench:
         verify(self.target, repo, expected, "ours")
         if rep == 0:  # every manifest and blob present and intact (raises otherwise)
             read_back(self.target.backdoor_url, repo, expected)
+            for referrer in self.referrers.get(case.name, ()):
+                read_back(self.target.backdoor_url, repo, referrer.digest)
+            if case.referrers:
+                verify_referrers_index(self.target, repo, expected, self.referrers[case.name])
         s = self.results[case.name]
         s.ours.append(out["seconds"])
         s.ours_rss.append(out["maxrss_kib"] / KB)
@@ -385,6 +439,8 @@ def report(cases: list[Case], results: dict[str, Samples]) -> bool:
         )
     if WHOLE_CASE in results:
         ok &= report_whole_process(results[WHOLE_CASE])
+    if REFERRERS_CASE in results and PLAIN_CASE in results:
+        ok &= report_referrers(results[REFERRERS_CASE], results[PLAIN_CASE])
     print("times: medians; ratio = ours/skopeo (lower is better); MB = MiB; RSS = max over reps")
     return ok
 
@@ -401,6 +457,19 @@ def report_whole_process(s: Samples) -> bool:
         f"{'PASS' if rss_ok else 'FAIL'}"
     )
     return time_ok and rss_ok
+
+
+def report_referrers(signed: Samples, plain: Samples) -> bool:
+    """What carrying 3 referrers costs: the same image's copy with them, and without."""
+    with_them, without = statistics.median(signed.ours), statistics.median(plain.ours)
+    ratio = with_them / without
+    ok = ratio <= REFERRERS_BAR
+    print(
+        f"\nreferrers, {PLAIN_CASE} image: with 3 referrers {with_them:.3f}s, without "
+        f"{without:.3f}s: +{(with_them - without) * 1000:.0f} ms, ratio {ratio:.3f} "
+        f"(bar <= {REFERRERS_BAR}) {'PASS' if ok else 'FAIL'}"
+    )
+    return ok
 
 
 def main() -> int:

@@ -457,29 +457,32 @@ class CopyEngine:
         deadline: float,
         keyring: DockerConfig | None,
     ) -> _Tree:
-        """The image's tree, then its referrers when they are due: always for a new backup
-        (a verifier admitting the rewritten workload looks for them at once), for an
-        existing one at its first use here and every REFERRERS_EVERY after."""
-        tree = await self._image_tree(source, backup, deadline, keyring)
+        """The image's tree and its referrers when they are due: always for a new backup
+        (a verifier admitting the rewritten workload looks for them at once), beside its
+        blobs; for an existing one at its first use here and every REFERRERS_EVERY after."""
         digest, dst = backup.digest, _repo(backup)
         assert digest is not None
-        if self._carrier is None or self._carried.get((dst, digest)) is not None:
-            return tree
-        job = _Job(_repo(source), dst, deadline, keyring, check_existing=True)
-        carried = await self._carry(job, digest, tree)
-        return replace(tree, referrers=carried)
-
-    async def _carry(self, job: _Job, digest: str, tree: _Tree) -> Carried:
-        """Carry the referrers of the backup's every manifest digest, within a share of
-        the time left; what fails is reported and tried again REFERRERS_RETRY later."""
-        assert self._carrier is not None
-        job.deadline = time.monotonic() + (job.deadline - time.monotonic()) * REFERRERS_SHARE
-        try:
+        due = self._carrier is not None and self._carried.get((dst, digest)) is None
+        tree = await self._image_tree(source, backup, deadline, keyring, carry=due)
+        if due and tree.referrers is None:  # there already, or another replica made it
+            job = _Job(_repo(source), dst, deadline, keyring)
             manifest = tree.manifest
             if manifest is None and tree.is_index:  # its platforms have referrers too
                 manifest = await self._client.get_manifest(
-                    job.dst, digest, deadline=job.deadline, push=True
+                    dst, digest, deadline=deadline, push=True
                 )
+            tree = replace(tree, referrers=await self._carry(job, digest, manifest))
+        return tree
+
+    async def _carry(self, image: _Job, digest: str, manifest: Manifest | None) -> Carried:
+        """Carry the referrers of the backup's every manifest digest (those of `manifest`,
+        None: a single-platform image's), within a share of the time left; what fails is
+        reported and tried again REFERRERS_RETRY later."""
+        assert self._carrier is not None
+        share = (image.deadline - time.monotonic()) * REFERRERS_SHARE
+        # Artifacts are small and mostly new: uploading one costs less than asking first.
+        job = _Job(image.src, image.dst, time.monotonic() + share, image.keyring)
+        try:
             children = manifest.children if manifest is not None else ()
             subjects = [digest, *(child.digest for child in children)]
             carried = await self._carrier.carry(
@@ -504,7 +507,11 @@ class CopyEngine:
         backup: Reference,
         deadline: float,
         keyring: DockerConfig | None,
+        *,
+        carry: bool,
     ) -> _Tree:
+        """The image's own tree, copied unless the target has it; with `carry`, a new copy
+        carries the referrers too, at the same time."""
         digest, dst = backup.digest, _repo(backup)
         assert digest is not None
         anchored = await self._anchored(dst, digest, deadline)
@@ -515,11 +522,11 @@ class CopyEngine:
             return _Tree(None, CopyStats(), is_index=anchored[1].media_type in INDEX_TYPES)
         job = _Job(_repo(source), dst, deadline, keyring)
         if self._coordinator is None:
-            return await self._copy_new(job, digest)
+            return await self._copy_new(job, digest, carry=carry)
         copied: list[_Tree] = []
 
         async def copy() -> Stored:
-            copied.append(await self._copy_new(job, digest))
+            copied.append(await self._copy_new(job, digest, carry=carry))
             return job.stored()
 
         async def present() -> bool:
@@ -547,19 +554,26 @@ class CopyEngine:
                 return tag, present
         return None
 
-    async def _copy_new(self, job: _Job, digest: str) -> _Tree:
+    async def _copy_new(self, job: _Job, digest: str, *, carry: bool) -> _Tree:
         # A repository that never had a tag holds at most left-overs of an interrupted
         # copy: sending those again costs less than asking about every blob.
         job.check_existing, manifest = await _both(
             self._client.has_tags(job.dst, deadline=job.deadline), self._fetch_manifest(job, digest)
         )
+        carried: list[Carried] = []
+
+        async def carry_referrers() -> None:
+            carried.append(await self._carry(job, digest, manifest))
+
         work: list[Coroutine[Any, Any, object]] = [
             self._copy_manifest(job, manifest, anchor_tag(digest))
         ]
         if self._coordinator is not None and not manifest.is_index:
             work.append(self._note_platform(job, manifest.blobs[0]))
+        if carry:  # beside the blobs: small requests that would otherwise wait for them
+            work.append(carry_referrers())
         await _all(work)
-        return _Tree(manifest, job.stats)
+        return _Tree(manifest, job.stats, referrers=carried[0] if carried else None)
 
     async def _note_platform(self, job: _Job, config: Descriptor) -> None:
         """For the record: a single-platform image names its platform in its config only.
