@@ -14,11 +14,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.helpers import deadline, engine_for, make_config, plain, plain_to
 from tests.support import artifacts, images, skopeo
 from tests.support.artifacts import ArtifactManifest
+from tests.support.fakekube import FakeKube
 from tests.support.faultproxy import FaultProxyFactory, status
 from tests.support.referrersproxy import ReferrersProxyFactory
 from tests.support.registries import Registry
+from tests.workloads import create, opt_in, workload
+from webhook.backfill import Backfill
+from webhook.cluster import connect
 from webhook.config import Config
 from webhook.engine import open_engine
+from webhook.metrics import Metrics
 from webhook.reference import parse
 from webhook.registry.client import anchor_tag, old_anchor_tag
 from webhook.registry.copy import CopyResult
@@ -448,3 +453,39 @@ async def test_a_cosign_tag_that_moved_keeps_the_old_signatures_anchored(
     assert skopeo.inspect_raw_digest(basic_registry, f"{repository}:{new.tag}") == new.digest
     kept = images.get_manifest(basic_registry.backdoor_url, repository, anchor_tag(old.digest))
     assert kept is not None and kept[0] == old.manifest_bytes
+
+
+async def test_a_backfill_pass_brings_those_of_workloads_running_from_backups(
+    fake_kube: FakeKube,
+    plain_registry: Registry,
+    basic_registry: Registry,
+    image_cache: str,
+    unique_repo: str,
+) -> None:
+    image = images.make_image(image_cache, [20_000], seed=9312, fmt="oci")
+    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    signed_as = f"{plain_registry.host}/{unique_repo}"
+    signature = artifacts.cosign_signature(artifacts.generate_key(), image.digest, signed_as)
+    push_all(plain_registry.backdoor_url, unique_repo, [signature])
+    options: dict[str, Any] = {"docker_config": basic_registry.docker_config}
+    before = make_config(
+        basic_registry, sources=[plain(plain_registry)], referrers=False, **options
+    )
+    made = await back_up(before, f"{signed_as}:v1")  # before referrers travelled
+    opt_in(fake_kube, "team", "enforce")
+    create(fake_kube, "team", workload("Deployment", "web", {"main": str(made.backup)}))
+    config = plain_to(plain_registry, basic_registry)
+
+    async with (
+        connect(config, Metrics()) as cluster,
+        open_engine(config) as engine,
+    ):
+        assert cluster is not None
+        summary = await Backfill(engine, cluster.workloads, config, pull=cluster.pull).run()
+
+    assert dict(summary.images) == {"protected": 1}  # nothing copied, nothing rewritten...
+    repository = made.backup.repository
+    # ...but what refers to the image it runs came along.
+    assert skopeo.inspect_raw_digest(basic_registry, f"{repository}:{signature.tag}") == (
+        signature.digest
+    )

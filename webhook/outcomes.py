@@ -56,6 +56,11 @@ class Decider:
         if plan.action in (Action.EXCLUDED, Action.WAITING):  # waiting: a trigger fills it
             return EXCLUDED, "", None
         if plan.action is Action.ALREADY_BACKED_UP:
+            if copy and plan.source is not None:  # what refers to it, when due
+                async with self._copies:
+                    await self._engine.carry_referrers(
+                        plan.source, deadline=time.monotonic() + self._seconds, keyring=keyring
+                    )
             return PROTECTED, "", None
         if plan.action is Action.INVALID:
             return FAILED, plan.problem or "", None

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 from yarl import URL
 
 from ..events import event_message
-from ..naming import Scheme
+from ..naming import BackupNameError, Scheme
 from ..reference import Reference
 from ..text import one_line
 from .cache import ExpiringCache, footprint
@@ -368,6 +368,25 @@ class CopyEngine:
     ) -> CopyResult:
         target = self.target_for(source)
         return await self.copy(source, target, tag=source.tag, deadline=deadline, keyring=keyring)
+
+    async def carry_referrers(
+        self, backup: Reference, *, deadline: float, keyring: DockerConfig | None = None
+    ) -> Carried | None:
+        """Carry from its source what refers to an existing backup, when due: for workloads
+        that run from their backups already, which no copy visits. None when not due, or
+        when `backup` is not a pinned reference this backup registry's naming made."""
+        dst, digest = Repository(self.scheme.host, backup.repository), backup.digest
+        if self._carrier is None or digest is None or self._carried.get((dst, digest)):
+            return None
+        try:
+            source = self.scheme.source_of(backup.repository)
+        except BackupNameError:
+            return None
+        try:
+            manifest = await self._client.get_manifest(dst, digest, deadline=deadline, push=True)
+        except RegistryError as exc:
+            return failed(digest, exc, "reading the backup")
+        return await self._carry(_Job(_repo(source), dst, deadline, keyring), digest, manifest)
 
     async def resolve(
         self, ref: Reference, *, deadline: float, keyring: DockerConfig | None = None
