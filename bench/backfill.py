@@ -48,11 +48,13 @@ from tests.workloads import create, opt_in, workload
 MB = 1 << 20
 IMAGES, WORKLOADS, STEADY_WORKLOADS = 100, 200, 1000
 NEW_BAR, STEADY_BAR_SECONDS = 0.25, 3.0
-# Per distinct image, at most: the source asked for the tag's digest; the backup registry
-# asked whether the backup exists and whether its tag is in place.
-REQUESTS_PER_IMAGE = {"source": 1, "backup": 2}
-# Once per registry per pass: the version check, an authentication challenge.
-REQUESTS_PER_PASS = 4
+# Per distinct image, at most: the source asked for the tag's digest, and for its tags (the
+# fallback and cosign tags of what refers to the image: a pass carries what is new); the
+# backup registry asked whether the backup exists and whether its tag is in place.
+REQUESTS_PER_IMAGE = {"source": 2, "backup": 2}
+# Once per registry per pass: the version check, an authentication challenge, whether it has
+# the referrers API.
+REQUESTS_PER_PASS = 5
 DURING_SECONDS, DURING_P99_MS = 3.0, 3.0
 SAMPLE = ROOT / "tests" / "data" / "admission" / "deployment-create.json"
 

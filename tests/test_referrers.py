@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -75,6 +74,27 @@ def push_all(url: str, repository: str, made: Sequence[ArtifactManifest]) -> Non
             artifacts.attach_by_fallback_tag(url, repository, artifact)
 
 
+def pushed(registry: Registry, cache: str, repository: str, *, seed: int) -> images.Image:
+    """A small image at `repository:v1`."""
+    image = images.make_image(cache, [20_000], seed=seed, fmt="oci")
+    images.push(registry.backdoor_url, repository, "v1", image)
+    return image
+
+
+def sbom_of(image: images.Image) -> ArtifactManifest:
+    """An SPDX SBOM of the image, as an OCI 1.1 referrer."""
+    return artifacts.oci_referrer(
+        image.descriptor(), SPDX, artifacts.spdx_document(image.digest), SPDX
+    )
+
+
+def without_referrers(source: Registry, backup: Registry) -> Config:
+    """As `plain_to`, with referrers left behind (as versions before them did)."""
+    return make_config(
+        backup, sources=[plain(source)], docker_config=backup.docker_config, referrers=False
+    )
+
+
 def public(key: ec.EllipticCurvePrivateKey) -> ec.EllipticCurvePublicKey:
     return key.public_key()
 
@@ -82,8 +102,7 @@ def public(key: ec.EllipticCurvePrivateKey) -> ec.EllipticCurvePublicKey:
 async def test_cosign_tags_travel_byte_exact_and_verify_against_the_backup(
     plain_registry: Registry, basic_registry: Registry, image_cache: str, unique_repo: str
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9300, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9300)
     key = artifacts.generate_key()
     signed_as = f"{plain_registry.host}/{unique_repo}"
     made = [
@@ -119,13 +138,10 @@ async def test_cosign_tags_travel_byte_exact_and_verify_against_the_backup(
 async def test_oci_referrers_travel_through_the_fallback_tag_recursively(
     plain_registry: Registry, basic_registry: Registry, image_cache: str, unique_repo: str
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9301, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9301)
     key = artifacts.generate_key()
     signed_as = f"{plain_registry.host}/{unique_repo}"
-    sbom = artifacts.oci_referrer(
-        image.descriptor(), SPDX, artifacts.spdx_document(image.digest), SPDX
-    )
+    sbom = sbom_of(image)
     provenance = artifacts.oci_referrer(
         image.descriptor(), SLSA, b'{"predicateType":"slsa"}', SLSA, {"org.example": "1"}
     )
@@ -177,9 +193,7 @@ async def test_every_platform_of_an_index_brings_its_own_referrers(
     images.push(plain_registry.backdoor_url, unique_repo, "v1", index)
     key = artifacts.generate_key()
     signed_as = f"{plain_registry.host}/{unique_repo}"
-    arm_sbom = artifacts.oci_referrer(
-        platforms[1].descriptor(), SPDX, artifacts.spdx_document(platforms[1].digest), SPDX
-    )
+    arm_sbom = sbom_of(platforms[1])
     made = [artifacts.cosign_signature(key, index.digest, signed_as), arm_sbom]
     push_all(plain_registry.backdoor_url, unique_repo, made)
     config = plain_to(plain_registry, basic_registry)
@@ -236,11 +250,8 @@ async def test_a_backup_registry_with_the_referrers_api_keeps_no_fallback_tag(
     referrers_proxy: ReferrersProxyFactory,
 ) -> None:
     backup = referrers_proxy(basic_registry)
-    image = images.make_image(image_cache, [20_000], seed=9305, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
-    sbom = artifacts.oci_referrer(
-        image.descriptor(), SPDX, artifacts.spdx_document(image.digest), SPDX
-    )
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9305)
+    sbom = sbom_of(image)
     push_all(plain_registry.backdoor_url, unique_repo, [sbom])
     config = make_config(
         backup, sources=[plain(plain_registry)], docker_config=backup.docker_config
@@ -259,8 +270,7 @@ async def test_a_backup_registry_with_the_referrers_api_keeps_no_fallback_tag(
 async def test_the_backup_referrers_index_is_merged_with_what_it_lists(
     plain_registry: Registry, basic_registry: Registry, image_cache: str, unique_repo: str
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9306, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9306)
     config = plain_to(plain_registry, basic_registry)
     first = await back_up(config, f"{plain_registry.host}/{unique_repo}:v1")
     repository = first.backup.repository
@@ -269,9 +279,7 @@ async def test_the_backup_referrers_index_is_merged_with_what_it_lists(
     local = artifacts.oci_signature(key, image.descriptor(), f"{basic_registry.host}/{repository}")
     artifacts.attach_by_fallback_tag(basic_registry.backdoor_url, repository, local)
     # ...and the source gets an SBOM later.
-    sbom = artifacts.oci_referrer(
-        image.descriptor(), SPDX, artifacts.spdx_document(image.digest), SPDX
-    )
+    sbom = sbom_of(image)
     push_all(plain_registry.backdoor_url, unique_repo, [sbom])
 
     again = await back_up(config, f"{plain_registry.host}/{unique_repo}:v1")
@@ -283,8 +291,7 @@ async def test_the_backup_referrers_index_is_merged_with_what_it_lists(
 async def test_an_old_anchor_on_the_referrers_tag_gives_way_to_the_index(
     plain_registry: Registry, basic_registry: Registry, image_cache: str, unique_repo: str
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9307, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9307)
     config = plain_to(plain_registry, basic_registry)
     repository = f"backup/{plain_registry.host.replace(':', '_')}/{unique_repo}"
     # A backup made before the anchor moved: the image under `sha256-<hex>` and its tag.
@@ -297,9 +304,7 @@ async def test_an_old_anchor_on_the_referrers_tag_gives_way_to_the_index(
     old = images.get_manifest(basic_registry.backdoor_url, repository, old_anchor_tag(image.digest))
     assert old is not None and old[0] == image.manifest_bytes
 
-    sbom = artifacts.oci_referrer(
-        image.descriptor(), SPDX, artifacts.spdx_document(image.digest), SPDX
-    )
+    sbom = sbom_of(image)
     push_all(plain_registry.backdoor_url, unique_repo, [sbom])
     signed = await back_up(config, f"{plain_registry.host}/{unique_repo}:v1")
 
@@ -314,15 +319,12 @@ async def test_an_old_anchor_on_the_referrers_tag_gives_way_to_the_index(
 async def test_artifact_types_limit_what_travels(
     plain_registry: Registry, basic_registry: Registry, image_cache: str, unique_repo: str
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9308, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9308)
     key = artifacts.generate_key()
     signed_as = f"{plain_registry.host}/{unique_repo}"
     signature = artifacts.cosign_signature(key, image.digest, signed_as)
     cosign_sbom = artifacts.cosign_sbom(image.digest)
-    oci_sbom = artifacts.oci_referrer(
-        image.descriptor(), SPDX, artifacts.spdx_document(image.digest), SPDX
-    )
+    oci_sbom = sbom_of(image)
     signed_sbom = artifacts.oci_signature(key, oci_sbom.descriptor(), signed_as)
     push_all(plain_registry.backdoor_url, unique_repo, [signature, cosign_sbom, oci_sbom])
     push_all(plain_registry.backdoor_url, unique_repo, [signed_sbom])
@@ -368,14 +370,11 @@ async def test_a_referrer_that_fails_leaves_the_backup_whole_and_is_tried_again(
     unique_repo: str,
     fault_proxy: FaultProxyFactory,
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9309, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9309)
     key = artifacts.generate_key()
     source = fault_proxy(plain_registry)
     signature = artifacts.cosign_signature(key, image.digest, f"{source.host}/{unique_repo}")
-    sbom = artifacts.oci_referrer(
-        image.descriptor(), SPDX, artifacts.spdx_document(image.digest), SPDX
-    )
+    sbom = sbom_of(image)
     push_all(plain_registry.backdoor_url, unique_repo, [signature, sbom])
     layer = sbom.layers[0].digest
     source.add(status(404, method="GET", path=f"/blobs/{layer}$"))
@@ -409,16 +408,12 @@ async def test_a_referrer_that_fails_leaves_the_backup_whole_and_is_tried_again(
 async def test_a_backup_made_without_referrers_gets_them_at_its_next_use(
     plain_registry: Registry, basic_registry: Registry, image_cache: str, unique_repo: str
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9310, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9310)
     key = artifacts.generate_key()
     signed_as = f"{plain_registry.host}/{unique_repo}"
     signature = artifacts.cosign_signature(key, image.digest, signed_as)
     push_all(plain_registry.backdoor_url, unique_repo, [signature])
-    options: dict[str, Any] = {"docker_config": basic_registry.docker_config}
-    before = make_config(
-        basic_registry, sources=[plain(plain_registry)], referrers=False, **options
-    )
+    before = without_referrers(plain_registry, basic_registry)
     made = await back_up(before, f"{signed_as}:v1")
     repository = made.backup.repository
     assert signature.tag not in images.tags(basic_registry.backdoor_url, repository)
@@ -435,8 +430,7 @@ async def test_a_backup_made_without_referrers_gets_them_at_its_next_use(
 async def test_a_cosign_tag_that_moved_keeps_the_old_signatures_anchored(
     plain_registry: Registry, basic_registry: Registry, image_cache: str, unique_repo: str
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9311, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9311)
     signed_as = f"{plain_registry.host}/{unique_repo}"
     old = artifacts.cosign_signature(artifacts.generate_key(), image.digest, signed_as)
     push_all(plain_registry.backdoor_url, unique_repo, [old])
@@ -462,15 +456,11 @@ async def test_a_backfill_pass_brings_those_of_workloads_running_from_backups(
     image_cache: str,
     unique_repo: str,
 ) -> None:
-    image = images.make_image(image_cache, [20_000], seed=9312, fmt="oci")
-    images.push(plain_registry.backdoor_url, unique_repo, "v1", image)
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9312)
     signed_as = f"{plain_registry.host}/{unique_repo}"
     signature = artifacts.cosign_signature(artifacts.generate_key(), image.digest, signed_as)
     push_all(plain_registry.backdoor_url, unique_repo, [signature])
-    options: dict[str, Any] = {"docker_config": basic_registry.docker_config}
-    before = make_config(
-        basic_registry, sources=[plain(plain_registry)], referrers=False, **options
-    )
+    before = without_referrers(plain_registry, basic_registry)
     made = await back_up(before, f"{signed_as}:v1")  # before referrers travelled
     opt_in(fake_kube, "team", "enforce")
     create(fake_kube, "team", workload("Deployment", "web", {"main": str(made.backup)}))
