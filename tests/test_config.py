@@ -90,6 +90,18 @@ copy:
             "copy.concurrency: Expected `int` >= 1",
         ),
         (
+            "backupRegistry: {host: b.io}\ncopy: {artifactTypes: ['']}",
+            "copy.artifactTypes[0]: Expected `str` of length >= 1",
+        ),
+        (
+            "backupRegistry: {host: b.io}\ncopy: {artifactTypes: x}",
+            "copy.artifactTypes: Expected `array`, got `str`",
+        ),
+        (
+            "backupRegistry: {host: b.io}\ncopy: {referrers: 'yes'}",
+            "copy.referrers: Expected `bool`, got `str`",
+        ),
+        (
             "backupRegistry: {host: b.io}\ncredentials: {dockerConfig: /nonexistent.json}",
             "credentials.dockerConfig: no such file",
         ),
@@ -209,3 +221,18 @@ def test_values_as_yaml_strings_are_read_as_their_type(tmp_path: Path) -> None:
         write(tmp_path, "backupRegistry: {host: b.io, insecure: 'true'}\nserver: {port: '9443'}")
     )
     assert loaded.backup_registry.insecure is True and loaded.server.port == 9443
+
+
+def test_referrer_settings(tmp_path: Path) -> None:
+    """Referrers travel by default, of every type; both keys are read as written."""
+    default = config.load(write(tmp_path, "backupRegistry: {host: b.io}")).copy_settings
+    assert (default.referrers, default.artifact_types) == (True, ())
+    given = config.load(
+        write(
+            tmp_path,
+            "backupRegistry: {host: b.io}\n"
+            "copy: {referrers: false, artifactTypes: [application/spdx+json, text/spdx+json]}",
+        )
+    ).copy_settings
+    assert given.referrers is False
+    assert given.artifact_types == ("application/spdx+json", "text/spdx+json")
