@@ -261,11 +261,6 @@ async def test_a_referrer_that_fails_is_recorded_then_carried_when_due_again(
     assert [m["digest"] for m in json.loads(index[0])["manifests"]] == [signed.sbom.digest]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: CopyEngine._carry tells its observer only of a carrying that found "
-    "artifacts, so a failure recorded for an image without referrers is never cleared",
-)
 async def test_a_failure_to_list_referrers_is_cleared_once_listing_works(
     fake_kube: FakeKube,
     fault_proxy: FaultProxyFactory,

@@ -210,6 +210,12 @@ class CopyEngine:
         self._carried: ExpiringCache[tuple[Repository, str], None] = ExpiringCache(
             cache_entries, clock, max_bytes=cache_bytes // 4, weigh=footprint
         )
+        # Backups whose observer heard last that nothing refers to them: it is told only
+        # when that changes (most images have no referrers; a failure it heard of is
+        # cleared by the next carrying that finds nothing).
+        self._quiet: ExpiringCache[tuple[Repository, str], None] = ExpiringCache(
+            cache_entries, clock, max_bytes=cache_bytes // 4, weigh=footprint
+        )
         self._blobs: SingleFlight[tuple[str, Repository], BlobOutcome] = SingleFlight()
         self._rechecks: SingleFlight[ResultKey, None] = SingleFlight()
         self._copies: SingleFlight[ResultKey, CopyResult] = SingleFlight()
@@ -514,10 +520,14 @@ class CopyEngine:
             )
         except RegistryError as exc:
             carried = failed(digest, exc, "finding its referrers")
-        every = REFERRERS_RETRY if carried.failures else REFERRERS_EVERY
-        self._carried.put((job.dst, digest), None, every)
-        if self._observer is not None and carried.artifacts:
+        key = (job.dst, digest)
+        self._carried.put(key, None, REFERRERS_RETRY if carried.failures else REFERRERS_EVERY)
+        if self._observer is not None and (carried.artifacts or self._quiet.get(key) is None):
             await self._observer.carried(job.dst, digest, carried)
+        if carried.artifacts:
+            self._quiet.discard(key)
+        else:
+            self._quiet.put(key, None, None)
         return carried
 
     async def _image_tree(
