@@ -479,3 +479,24 @@ async def test_a_backfill_pass_brings_those_of_workloads_running_from_backups(
     assert skopeo.inspect_raw_digest(basic_registry, f"{repository}:{signature.tag}") == (
         signature.digest
     )
+
+
+async def test_a_source_refusing_the_referrers_path_otherwise_than_404_has_no_api(
+    plain_registry: Registry,
+    basic_registry: Registry,
+    image_cache: str,
+    unique_repo: str,
+    fault_proxy: FaultProxyFactory,
+) -> None:
+    """Registries older than the API may answer 405 (or 400, 406) to a path they do not
+    know: the fallback tag is read then, and nothing is reported as failed."""
+    image = pushed(plain_registry, image_cache, unique_repo, seed=9313)
+    sbom = sbom_of(image)
+    push_all(plain_registry.backdoor_url, unique_repo, [sbom])
+    source = fault_proxy(plain_registry)
+    source.add(status(405, method="GET", path="/referrers/"))
+
+    result = await back_up(plain_to(source, basic_registry), f"{source.host}/{unique_repo}:v1")
+
+    assert outcomes(result.referrers) == {sbom.digest: "carried"}
+    assert source.requests("GET", "/referrers/")  # it was asked, and took the refusal

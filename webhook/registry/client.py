@@ -24,6 +24,7 @@ PUSH = "pull,push"
 CATALOG = "registry:catalog:*"
 LIST_PAGE = 1000  # names asked per page of a catalog or tag list (registries may send fewer)
 LIST_PAGES = 100  # pages of referrers of one digest, at most: a registry that loops ends
+NO_API = (400, 404, 405, 406)  # what registries without the referrers API answer it
 # Every backup's digest is tagged so registry clean-ups of untagged manifests spare it.
 # `backup-sha256-<hex>`: beside OCI 1.1's referrers fallback tag (`sha256-<hex>`, an index of
 # what refers to the digest, which signing tools push) and cosign's `sha256-<hex>.sig`,
@@ -140,8 +141,9 @@ class RegistryClient:
         keyring: DockerConfig | None = None,
     ) -> list[Descriptor] | None:
         """The manifests whose subject is `digest`, by the OCI 1.1 referrers API (every page
-        the `Link` header names); None where the registry has no such API (it answers 404,
-        which a registry that has it never does)."""
+        the `Link` header names); None where the registry has no such API: it answers 404,
+        which a registry that has it never does (OCI 1.1), or, from registries older than
+        the API, NO_API's other refusals of a path they do not know."""
         operation = _on(repo, f"listing the referrers of {digest}", backup=push)
         found: list[Descriptor] = []
         target: str | URL = f"/v2/{repo.path}/referrers/{digest}"
@@ -155,7 +157,7 @@ class RegistryClient:
                 deadline=deadline,
                 operation=operation,
                 headers={"Accept": OCI_INDEX},
-                ok=(200, 404),
+                ok=(200, *NO_API),
                 keyring=keyring,
             )
             try:
@@ -163,7 +165,7 @@ class RegistryClient:
                     raw = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TransientError(describe(exc), operation) from None
-            if response.status == 404:
+            if response.status in NO_API:
                 return None
             try:
                 index = parse_manifest(raw, response.headers.get("Content-Type"))
