@@ -86,6 +86,14 @@ def signed_image(
     return Signed(image, key, signature, sbom)
 
 
+def assert_holds_both(backup: Registry, repository: str, signed: Signed) -> None:
+    """The backup holds the signature at its tag and the SBOM, as skopeo reads them."""
+    got = skopeo.inspect_raw_digest(backup, f"{repository}:{signed.signature_tag}")
+    assert got == signed.signature.digest
+    got = skopeo.inspect_raw_digest(backup, f"{repository}@{signed.sbom.digest}")
+    assert got == signed.sbom.digest
+
+
 def signature_entry(signed: Signed) -> dict[str, str]:
     """The signature as spec.referrers lists it."""
     return {
@@ -172,14 +180,7 @@ async def test_a_new_signed_image_lists_its_referrers_on_its_record_and_counts_t
     assert referrers_counted(metrics) == {"carried": 2.0}
     # And the backup holds what the record says, as skopeo reads it.
     repository = made.backup.repository
-    assert (
-        skopeo.inspect_raw_digest(basic_registry, f"{repository}:{signed.signature_tag}")
-        == signed.signature.digest
-    )
-    assert (
-        skopeo.inspect_raw_digest(basic_registry, f"{repository}@{signed.sbom.digest}")
-        == signed.sbom.digest
-    )
+    assert_holds_both(basic_registry, repository, signed)
 
 
 async def test_a_referrer_that_fails_is_recorded_then_carried_when_due_again(
@@ -356,14 +357,7 @@ def test_copy_reports_each_artifact_carried_then_present(
     }
     assert sorted(first.stderr.splitlines()) == sorted(f"carried: {line}" for line in lines)
     assert sorted(again.stderr.splitlines()) == sorted(f"present: {line}" for line in lines)
-    assert (
-        skopeo.inspect_raw_digest(basic_registry, f"{repository}:{signed.signature_tag}")
-        == signed.signature.digest
-    )
-    assert (
-        skopeo.inspect_raw_digest(basic_registry, f"{repository}@{signed.sbom.digest}")
-        == signed.sbom.digest
-    )
+    assert_holds_both(basic_registry, repository, signed)
 
 
 def test_copy_with_referrers_off_carries_nothing(
