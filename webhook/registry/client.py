@@ -6,9 +6,10 @@ asked with the push scope is a backup being written, any other one a source bein
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -146,37 +147,30 @@ class RegistryClient:
         the API, NO_API's other refusals of a path they do not know."""
         operation = _on(repo, f"listing the referrers of {digest}", backup=push)
         found: list[Descriptor] = []
-        target: str | URL = f"/v2/{repo.path}/referrers/{digest}"
-        for _ in range(LIST_PAGES):
-            response = await self._transport.request(
-                repo.host,
-                "GET",
-                target,
-                repository=repo.path,
-                scopes=[repo.scope(PUSH if push else PULL)],
-                deadline=deadline,
-                operation=operation,
-                headers={"Accept": OCI_INDEX},
-                ok=(200, *NO_API),
-                keyring=keyring,
-            )
-            try:
-                async with response:
-                    raw = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise TransientError(describe(exc), operation) from None
-            if response.status in NO_API:
-                return None
-            try:
-                index = parse_manifest(raw, response.headers.get("Content-Type"))
-            except RegistryError as exc:
-                raise exc.during(operation) from None
-            found.extend(index.children)
-            following = response.links.get("next")
-            if not following or not index.children:
-                return found
-            target = response.url.join(URL(str(following["url"]), encoded=True))
-        raise RegistryError(f"more than {LIST_PAGES} pages of referrers", operation)
+        pages = self._pages(
+            repo.host,
+            f"/v2/{repo.path}/referrers/{digest}",
+            repository=repo.path,
+            scopes=[repo.scope(PUSH if push else PULL)],
+            operation=operation,
+            deadline=deadline,
+            keyring=keyring,
+            headers={"Accept": OCI_INDEX},
+            ok=(200, *NO_API),
+            most=LIST_PAGES,
+        )
+        async with aclosing(pages):
+            async for response, raw in pages:
+                if response.status in NO_API:
+                    return None
+                try:
+                    index = parse_manifest(raw, response.headers.get("Content-Type"))
+                except RegistryError as exc:
+                    raise exc.during(operation) from None
+                found.extend(index.children)
+                if not index.children:
+                    break
+        return found
 
     async def _names(
         self,
@@ -191,8 +185,53 @@ class RegistryClient:
     ) -> list[str]:
         """A paginated list: `n` per page, the next page where the `Link` header says."""
         names: list[str] = []
-        target: str | URL = f"{path}?n={LIST_PAGE}"
-        while True:
+        pages = self._pages(
+            host,
+            f"{path}?n={LIST_PAGE}",
+            repository=repository,
+            scopes=scopes,
+            operation=operation,
+            deadline=deadline,
+            keyring=keyring,
+        )
+        async with aclosing(pages):
+            async for _, raw in pages:
+                try:
+                    listed = json.loads(raw) if raw.strip() else None
+                except ValueError:
+                    raise RegistryError(
+                        "the registry answered with no JSON list", operation
+                    ) from None
+                page = listed.get(key) if isinstance(listed, dict) else None
+                if page is not None and not (
+                    isinstance(page, list) and all(isinstance(name, str) for name in page)
+                ):
+                    raise RegistryError(f"the registry's {key} are not a list of names", operation)
+                names.extend(page or ())
+                if not page:
+                    break
+        return names
+
+    async def _pages(
+        self,
+        host: str,
+        path: str,
+        *,
+        repository: str,
+        scopes: list[str],
+        operation: Operation,
+        deadline: float,
+        keyring: DockerConfig | None,
+        headers: dict[str, str] | None = None,
+        ok: Collection[int] = (200,),
+        most: int | None = None,
+    ) -> AsyncGenerator[tuple[aiohttp.ClientResponse, bytes], None]:
+        """The pages of a list, each its (released) response and body: the first at `path`,
+        each next one where the one before's `Link` header says, `most` of them at most."""
+        target: str | URL = path
+        pages = 0
+        while most is None or pages < most:
+            pages += 1
             response = await self._transport.request(
                 host,
                 "GET",
@@ -201,25 +240,21 @@ class RegistryClient:
                 scopes=scopes,
                 deadline=deadline,
                 operation=operation,
+                headers=headers,
+                ok=ok,
                 keyring=keyring,
             )
             try:
                 async with response:
-                    listed = await response.json(content_type=None)
+                    raw = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TransientError(describe(exc), operation) from None
-            except ValueError:
-                raise RegistryError("the registry answered with no JSON list", operation) from None
-            page = listed.get(key) if isinstance(listed, dict) else None
-            if page is not None and not (
-                isinstance(page, list) and all(isinstance(name, str) for name in page)
-            ):
-                raise RegistryError(f"the registry's {key} are not a list of names", operation)
-            names.extend(page or ())
+            yield response, raw
             following = response.links.get("next")
-            if not following or not page:
-                return names
+            if not following:
+                return
             target = response.url.join(URL(str(following["url"]), encoded=True))
+        raise RegistryError(f"more than {most} pages", operation)
 
     async def head_manifest(
         self,
