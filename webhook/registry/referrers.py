@@ -58,6 +58,9 @@ class Outcome(enum.Enum):
     FAILED = "failed"
 
 
+HELD = frozenset({Outcome.CARRIED, Outcome.PRESENT})  # what the backup holds after
+
+
 @dataclass(frozen=True, slots=True)
 class Artifact:
     """One artifact found referring to a digest of the image, and what became of it."""
@@ -84,7 +87,7 @@ class Carried:
     @property
     def held(self) -> tuple[Artifact, ...]:
         """The artifacts the backup holds now."""
-        return tuple(a for a in self.artifacts if a.outcome in (Outcome.CARRIED, Outcome.PRESENT))
+        return tuple(a for a in self.artifacts if a.outcome in HELD)
 
     @property
     def failures(self) -> tuple[Artifact, ...]:
@@ -130,12 +133,11 @@ class Carrier:
         seen = set(subjects)
         level = list(subjects)
         for _ in range(MAX_DEPTH):
-            found = await asyncio.gather(*(job.subject(subject) for subject in level))
-            level = []
-            for artifact in (a for artifacts in found for a in artifacts):
-                if artifact.digest and artifact in job.held and artifact.digest not in seen:
-                    seen.add(artifact.digest)
-                    level.append(artifact.digest)
+            await asyncio.gather(*(job.subject(subject) for subject in level))
+            # What the backup now holds refers to something too, maybe: the next level.
+            held = (a.digest for a in job.artifacts if a.outcome in HELD)
+            level = [digest for digest in dict.fromkeys(held) if digest not in seen]
+            seen.update(level)
             if not level or len(job.artifacts) >= MAX_ARTIFACTS:
                 break
         if len(job.artifacts) >= MAX_ARTIFACTS:
@@ -165,7 +167,6 @@ class _Carrying:
         self._deadline, self._keyring = deadline, keyring
         self._tags: frozenset[str] | None = None  # None: the source would not list them
         self.artifacts: list[Artifact] = []
-        self.held: set[Artifact] = set()
 
     async def list_tags(self) -> None:
         """The source's tags, to look up the fallback and cosign tags without asking for
@@ -180,22 +181,21 @@ class _Carrying:
             return
         self._tags = frozenset(tags)
 
-    async def subject(self, subject: str) -> list[Artifact]:
+    async def subject(self, subject: str) -> None:
         """Carry what refers to `subject`: its OCI referrers, then cosign's tags of it."""
         if len(self.artifacts) >= MAX_ARTIFACTS:
-            return []
+            return
         try:
             referrers = await self._find_referrers(subject)
         except RegistryError as exc:
             referrers = []
-            self._note(_failure(subject, "", exc, doing="listing its referrers"))
+            self.artifacts.append(_failure(subject, "", exc, doing="listing its referrers"))
         results = await asyncio.gather(*(self._referrer(subject, d) for d in referrers))
         held = [manifest for manifest in results if manifest is not None]
         if held:
             await self._index(subject, held)
         tags = [old_anchor_tag(subject) + suffix for suffix in COSIGN_SUFFIXES]
         await asyncio.gather(*(self._cosign(subject, tag) for tag in tags if self._listed(tag)))
-        return [a for a in self.artifacts if a.subject == subject]
 
     def _listed(self, tag: str) -> bool:
         return self._tags is None or tag in self._tags
@@ -225,7 +225,9 @@ class _Carrying:
     async def _referrer(self, subject: str, listed: Descriptor) -> Manifest | None:
         """Carry one OCI referrer; the manifest if the backup holds it (for its index)."""
         if listed.artifact_type and not self._carrier.wanted(listed.artifact_type):
-            self._note(Artifact(subject, listed.digest, listed.artifact_type, Outcome.SKIPPED))
+            self.artifacts.append(
+                Artifact(subject, listed.digest, listed.artifact_type, Outcome.SKIPPED)
+            )
             return None
         kind = listed.artifact_type
         try:
@@ -236,13 +238,13 @@ class _Carrying:
             if subject_of(manifest) != subject:
                 return None  # listed by mistake: it refers to something else
             if not self._carrier.wanted(kind):
-                self._note(Artifact(subject, manifest.digest, kind, Outcome.SKIPPED))
+                self.artifacts.append(Artifact(subject, manifest.digest, kind, Outcome.SKIPPED))
                 return None
             outcome = await self._put(manifest, manifest.digest)
         except RegistryError as exc:
-            self._note(_failure(subject, listed.digest, exc, kind=kind))
+            self.artifacts.append(_failure(subject, listed.digest, exc, kind=kind))
             return None
-        self._note(Artifact(subject, manifest.digest, kind, outcome), held=True)
+        self.artifacts.append(Artifact(subject, manifest.digest, kind, outcome))
         return manifest
 
     async def _cosign(self, subject: str, tag: str) -> None:
@@ -259,7 +261,9 @@ class _Carrying:
                 return
             kind = artifact_type(manifest)
             if not self._carrier.wanted(kind):
-                self._note(Artifact(subject, manifest.digest, kind, Outcome.SKIPPED, tag))
+                self.artifacts.append(
+                    Artifact(subject, manifest.digest, kind, Outcome.SKIPPED, tag)
+                )
                 return
             held = await client.head_manifest(dst, tag, deadline=deadline, push=True)
             if held is not None and held.digest == manifest.digest:
@@ -270,9 +274,9 @@ class _Carrying:
                 await self._store(manifest, tag)
                 outcome = Outcome.CARRIED
         except RegistryError as exc:
-            self._note(_failure(subject, "", exc, kind=kind, tag=tag))
+            self.artifacts.append(_failure(subject, "", exc, kind=kind, tag=tag))
             return
-        self._note(Artifact(subject, manifest.digest, kind, outcome, tag), held=True)
+        self.artifacts.append(Artifact(subject, manifest.digest, kind, outcome, tag))
 
     async def _keep(self, digest: str) -> None:
         """Anchor a manifest of the backup before a tag moves off it: none is ever lost."""
@@ -299,7 +303,9 @@ class _Carrying:
                 return
             await self._merge_fallback_index(subject, held)
         except RegistryError as exc:
-            self._note(_failure(subject, "", exc, doing="listing them in its referrers index"))
+            self.artifacts.append(
+                _failure(subject, "", exc, doing="listing them in its referrers index")
+            )
 
     async def _indexed_by_registry(self, subject: str) -> bool:
         known = self._carrier.has_api(self._dst.host)
@@ -320,13 +326,13 @@ class _Carrying:
             )
         except NotFound:
             current = None
+        if current is not None and current.digest == subject:
+            # An old anchor: the image itself. Replaced once the new anchor keeps the image.
+            await self._keep(subject)
+            current = None
         if current is None:
             document: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX}
             listed: list[Any] = []
-        elif current.digest == subject:
-            # An old anchor: the image itself. Replaced once the new anchor keeps the image.
-            await self._keep(subject)
-            document, listed = {"schemaVersion": 2, "mediaType": OCI_INDEX}, []
         elif current.media_type == OCI_INDEX:
             document = orjson.loads(current.raw)
             listed = list(document.get("manifests") or [])
@@ -337,16 +343,11 @@ class _Carrying:
             )
         known = {entry.get("digest") for entry in listed if isinstance(entry, dict)}
         added = [index_entry(manifest) for manifest in held if manifest.digest not in known]
-        if not added and current is not None and current.digest != subject:
+        if current is not None and not added:
             return
         document["manifests"] = [*listed, *added]
         raw = orjson.dumps(document)
         await client.put_manifest(dst, tag, parse_manifest(raw, OCI_INDEX), deadline=deadline)
-
-    def _note(self, artifact: Artifact, *, held: bool = False) -> None:
-        self.artifacts.append(artifact)
-        if held:
-            self.held.add(artifact)
 
 
 def _failure(
