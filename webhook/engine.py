@@ -34,7 +34,6 @@ async def open_engine(
     settings = config.copy_settings
     async with Transport(config.endpoints(), configured_credentials(config)) as transport:
         client = RegistryClient(transport)
-        carrier = Carrier(client, artifact_types=settings.artifact_types)
         engine = CopyEngine(
             client,
             config.backup_registry.scheme(),
@@ -43,7 +42,11 @@ async def open_engine(
             timeout=settings.timeout_seconds,
             progress=progress,
             coordinator=coordinator,
-            referrers=carrier if settings.referrers else None,
+            referrers=(
+                Carrier(client, artifact_types=settings.artifact_types)
+                if settings.referrers
+                else None
+            ),
             observer=observer,
             clock=clock,
         )

@@ -252,21 +252,22 @@ class Restore:
         """Each digest the backup repository keeps (by anchor tag or named tag), with the
         named tags pointing at it."""
         by_digest: dict[str, list[str]] = {}
-        named, old = [], []
+        named: list[str] = []
+        old: list[tuple[str, str]] = []  # old anchors' tags, and the digest each names
         for tag in await self._client.tags(backup, deadline=deadline):
             anchored = ANCHOR_TAG.fullmatch(tag)
             if anchored and anchored[1]:
                 by_digest.setdefault(f"sha256:{anchored[2]}", [])
             elif anchored:
-                old.append(tag)
+                old.append((tag, f"sha256:{anchored[2]}"))
             elif not COSIGN_TAG.fullmatch(tag):  # cosign's tags travel with their image
                 named.append(tag)
-        for tag in old:
+        for tag, digest in old:
             # An old anchor holds the image it names; OCI's referrers index of that digest,
             # under the same tag, does not (the referrers travel with the image).
             found = await self._client.head_manifest(backup, tag, deadline=deadline)
-            if found is not None and found.digest == f"sha256:{tag.partition('-')[2]}":
-                by_digest.setdefault(found.digest, [])
+            if found is not None and found.digest == digest:
+                by_digest.setdefault(digest, [])
         for tag in sorted(named):
             found = await self._client.head_manifest(backup, tag, deadline=deadline)
             if found is not None and found.digest:

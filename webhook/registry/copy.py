@@ -392,7 +392,7 @@ class CopyEngine:
             manifest = await self._client.get_manifest(dst, digest, deadline=deadline, push=True)
         except RegistryError as exc:
             return failed(digest, exc, "reading the backup")
-        return await self._carry(_Job(_repo(source), dst, deadline, keyring), digest, manifest)
+        return await self._carry(_repo(source), dst, digest, manifest, deadline, keyring)
 
     async def resolve(
         self, ref: Reference, *, deadline: float, keyring: DockerConfig | None = None
@@ -490,23 +490,31 @@ class CopyEngine:
         due = self._carrier is not None and self._carried.get((dst, digest)) is None
         tree = await self._image_tree(source, backup, deadline, keyring, carry=due)
         if due and tree.referrers is None:  # there already, or another replica made it
-            job = _Job(_repo(source), dst, deadline, keyring)
             manifest = tree.manifest
             if manifest is None and tree.is_index:  # its platforms have referrers too
                 manifest = await self._client.get_manifest(
                     dst, digest, deadline=deadline, push=True
                 )
-            tree = replace(tree, referrers=await self._carry(job, digest, manifest))
+            carried = await self._carry(_repo(source), dst, digest, manifest, deadline, keyring)
+            tree = replace(tree, referrers=carried)
         return tree
 
-    async def _carry(self, image: _Job, digest: str, manifest: Manifest | None) -> Carried:
+    async def _carry(
+        self,
+        src: Repository,
+        dst: Repository,
+        digest: str,
+        manifest: Manifest | None,
+        deadline: float,
+        keyring: DockerConfig | None,
+    ) -> Carried:
         """Carry the referrers of the backup's every manifest digest (those of `manifest`,
         None: a single-platform image's), within a share of the time left; what fails is
         reported and tried again REFERRERS_RETRY later."""
         assert self._carrier is not None
-        share = (image.deadline - time.monotonic()) * REFERRERS_SHARE
+        share = (deadline - time.monotonic()) * REFERRERS_SHARE
         # Artifacts are small and mostly new: uploading one costs less than asking first.
-        job = _Job(image.src, image.dst, time.monotonic() + share, image.keyring)
+        job = _Job(src, dst, time.monotonic() + share, keyring)
         try:
             children = manifest.children if manifest is not None else ()
             subjects = [digest, *(child.digest for child in children)]
@@ -592,7 +600,9 @@ class CopyEngine:
         carried: list[Carried] = []
 
         async def carry_referrers() -> None:
-            carried.append(await self._carry(job, digest, manifest))
+            carried.append(
+                await self._carry(job.src, job.dst, digest, manifest, job.deadline, job.keyring)
+            )
 
         work: list[Coroutine[Any, Any, object]] = [
             self._copy_manifest(job, manifest, anchor_tag(digest))
