@@ -314,15 +314,8 @@ async def _certs(args: argparse.Namespace, config: Config) -> int:
 async def _backfill(args: argparse.Namespace, config: Config) -> int:
     """One pass over what already runs, as `serve` makes it periodically."""
     from .backfill import Backfill
-    from .engine import open_engine
-    from .metrics import Metrics
 
-    async with (
-        _cluster(config, Metrics(), "backfill") as cluster,
-        open_engine(
-            config, coordinator=cluster.coordinator, observer=cluster.coordinator
-        ) as engine,
-    ):
+    async with _recorded(config, "backfill") as (cluster, engine):
         backfill = Backfill(
             engine,
             cluster.workloads,
@@ -350,16 +343,9 @@ async def _backfill(args: argparse.Namespace, config: Config) -> int:
 
 async def _imagestreams(args: argparse.Namespace, config: Config) -> int:
     """One pass over the opted-in namespaces' ImageStreams: every tag's history."""
-    from .engine import open_engine
     from .kube.client import KubeError
-    from .metrics import Metrics
 
-    async with (
-        _cluster(config, Metrics(), "imagestreams") as cluster,
-        open_engine(
-            config, coordinator=cluster.coordinator, observer=cluster.coordinator
-        ) as engine,
-    ):
+    async with _recorded(config, "imagestreams") as (cluster, engine):
         histories = _history_backup(engine, cluster, config)
         if not await histories.available():
             raise KubeError("imagestreams: the API serves no ImageStreams (not OpenShift)")
@@ -595,6 +581,22 @@ async def _cluster(config: Config, metrics: Metrics, command: str) -> AsyncItera
         if cluster is None:
             raise KubeError(f"{command} reads the cluster: no Kubernetes API (KUBECONFIG unset)")
         yield cluster
+
+
+@contextlib.asynccontextmanager
+async def _recorded(config: Config, command: str) -> AsyncIterator[tuple[Cluster, CopyEngine]]:
+    """The cluster, and a copy engine whose copies (and the referrers each carries) its
+    ImageBackup records keep: for a pass."""
+    from .engine import open_engine
+    from .metrics import Metrics
+
+    async with (
+        _cluster(config, Metrics(), command) as cluster,
+        open_engine(
+            config, coordinator=cluster.coordinator, observer=cluster.coordinator
+        ) as engine,
+    ):
+        yield cluster, engine
 
 
 @contextlib.contextmanager
