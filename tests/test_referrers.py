@@ -38,14 +38,6 @@ def outcomes(carried: Carried | None) -> dict[str, str]:
     return {artifact.name: artifact.outcome.value for artifact in carried.artifacts}
 
 
-def listed(registry: Registry, repository: str, digest: str) -> list[str]:
-    """The digests the fallback tag index of `digest` lists there ([] if none)."""
-    got = images.get_manifest(registry.backdoor_url, repository, old_anchor_tag(digest))
-    if got is None:
-        return []
-    return [entry["digest"] for entry in json.loads(got[0])["manifests"]]
-
-
 def same_bytes(source: Registry, backup: Registry, repos: tuple[str, str], ref: str) -> str:
     """The manifest at `ref` is byte-identical in both (skopeo reads each), every blob under
     it intact in the backup; its digest."""
@@ -162,10 +154,12 @@ async def test_oci_referrers_travel_through_the_fallback_tag_recursively(
         images.read_back(basic_registry.backdoor_url, repository, artifact.digest)
     # Distribution 2.8 has no referrers API: the backup gets the fallback indexes, each entry
     # as OCI 1.1 describes a referrer (annotations included).
-    assert sorted(listed(basic_registry, repository, image.digest)) == sorted(
-        [sbom.digest, provenance.digest]
-    )
-    assert listed(basic_registry, repository, sbom.digest) == [sbom_signature.digest]
+    assert sorted(
+        artifacts.listed_by_fallback_tag(basic_registry.backdoor_url, repository, image.digest)
+    ) == sorted([sbom.digest, provenance.digest])
+    assert artifacts.listed_by_fallback_tag(
+        basic_registry.backdoor_url, repository, sbom.digest
+    ) == [sbom_signature.digest]
     index = images.get_manifest(
         basic_registry.backdoor_url, repository, old_anchor_tag(image.digest)
     )
@@ -207,7 +201,9 @@ async def test_every_platform_of_an_index_brings_its_own_referrers(
         artifacts.cosign_tag(index.digest, "sig"): index.digest,
         arm_sbom.digest: platforms[1].digest,
     }
-    assert listed(basic_registry, repository, platforms[1].digest) == [arm_sbom.digest]
+    assert artifacts.listed_by_fallback_tag(
+        basic_registry.backdoor_url, repository, platforms[1].digest
+    ) == [arm_sbom.digest]
     assert at_digest(basic_registry, repository, arm_sbom.digest) == arm_sbom.digest
 
 
@@ -237,9 +233,9 @@ async def test_a_source_with_the_referrers_api_is_read_page_by_page(
     repository = result.backup.repository
     for artifact in made:
         assert at_digest(basic_registry, repository, artifact.digest) == artifact.digest
-    assert sorted(listed(basic_registry, repository, image.digest)) == sorted(
-        a.digest for a in made
-    )
+    assert sorted(
+        artifacts.listed_by_fallback_tag(basic_registry.backdoor_url, repository, image.digest)
+    ) == sorted(a.digest for a in made)
 
 
 async def test_a_backup_registry_with_the_referrers_api_keeps_no_fallback_tag(
@@ -285,7 +281,9 @@ async def test_the_backup_referrers_index_is_merged_with_what_it_lists(
     again = await back_up(config, f"{plain_registry.host}/{unique_repo}:v1")
 
     assert outcomes(again.referrers) == {sbom.digest: "carried"}
-    assert listed(basic_registry, repository, image.digest) == [local.digest, sbom.digest]
+    assert artifacts.listed_by_fallback_tag(
+        basic_registry.backdoor_url, repository, image.digest
+    ) == [local.digest, sbom.digest]
 
 
 async def test_an_old_anchor_on_the_referrers_tag_gives_way_to_the_index(
@@ -309,7 +307,9 @@ async def test_an_old_anchor_on_the_referrers_tag_gives_way_to_the_index(
     signed = await back_up(config, f"{plain_registry.host}/{unique_repo}:v1")
 
     assert outcomes(signed.referrers) == {sbom.digest: "carried"}
-    assert listed(basic_registry, repository, image.digest) == [sbom.digest]
+    assert artifacts.listed_by_fallback_tag(
+        basic_registry.backdoor_url, repository, image.digest
+    ) == [sbom.digest]
     tags = images.tags(basic_registry.backdoor_url, repository)
     got = images.get_manifest(basic_registry.backdoor_url, repository, anchor_tag(image.digest))
     assert got is not None and got[0] == image.manifest_bytes  # the new anchor keeps the image
@@ -402,7 +402,9 @@ async def test_a_referrer_that_fails_leaves_the_backup_whole_and_is_tried_again(
         assert third.referrers is None
 
     assert at_digest(basic_registry, repository, sbom.digest) == sbom.digest
-    assert listed(basic_registry, repository, image.digest) == [sbom.digest]
+    assert artifacts.listed_by_fallback_tag(
+        basic_registry.backdoor_url, repository, image.digest
+    ) == [sbom.digest]
 
 
 async def test_a_backup_made_without_referrers_gets_them_at_its_next_use(

@@ -55,6 +55,7 @@ __all__ = [
     "fallback_tag",
     "fetch_artifact",
     "generate_key",
+    "listed_by_fallback_tag",
     "oci_referrer",
     "oci_signature",
     "public_pem",
@@ -503,6 +504,13 @@ def attach(url: str, repository: str, artifact: ArtifactManifest) -> bool:
         return False
     _add_to_fallback_index(url, repository, subject, artifact.referrer_descriptor())
     return True
+
+
+def listed_by_fallback_tag(url: str, repository: str, digest: str) -> list[str]:
+    """The digests the fallback tag index of ``digest`` lists there, in its order ([] if
+    there is no such tag): what a verifier without the referrers API finds."""
+    got = images.get_manifest(url, repository, fallback_tag(digest))
+    return [] if got is None else [entry["digest"] for entry in json.loads(got[0])["manifests"]]
 
 
 def fetch_artifact(url: str, repository: str, reference: str) -> tuple[bytes, list[bytes]]:
